@@ -1,0 +1,75 @@
+"""The architecture library: build, recognise and fuse networks. Knows nothing of files or the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from .base import SRNet
+from .blocks import Reparameterizable
+from .efdn import EFDN
+from .span import ESPAN, SPAN, SPANF
+
+ARCHITECTURES: dict[str, type[SRNet]] = {cls.arch: cls for cls in (SPAN, ESPAN, SPANF, EFDN)}
+
+
+class UnknownArchitecture(ValueError):
+    pass
+
+
+def build(arch: str, form: str = "fused", **config: Any) -> SRNet:
+    try:
+        cls = ARCHITECTURES[arch]
+    except KeyError:
+        raise UnknownArchitecture(f"unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})") from None
+    return cls(form=form, **config)
+
+
+def detect(sd: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
+    """The architecture and constructor arguments (with `form`) that a state dict belongs to."""
+    for name, cls in ARCHITECTURES.items():
+        config = cls.detect(sd)
+        if config is not None:
+            return name, config
+    sample = ", ".join(list(sd)[:4])
+    raise UnknownArchitecture(f"no known architecture has these weights (first keys: {sample})")
+
+
+def fused_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict of `model`'s inference form: every re-parameterisable block folded."""
+    folded: dict[str, Tensor] = {}
+    prefixes: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, Reparameterizable) and not any(name.startswith(p) for p in prefixes):
+            prefix = f"{name}." if name else ""
+            folded.update({prefix + k: v.detach() for k, v in module.fused_state_dict().items()})
+            prefixes.append(prefix)
+    for key, value in model.state_dict().items():
+        if not any(key.startswith(p) for p in prefixes):
+            folded[key] = value
+    return folded
+
+
+def fuse_model(model: SRNet) -> SRNet:
+    """An inference-form copy of a training-form network, with the same output."""
+    reference = next(model.parameters())
+    fused = build(model.arch, form="fused", **model.config).to(device=reference.device, dtype=reference.dtype)
+    fused.load_state_dict(fused_state_dict(model), strict=True)
+    return fused.eval()
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "EFDN",
+    "ESPAN",
+    "SPAN",
+    "SPANF",
+    "SRNet",
+    "UnknownArchitecture",
+    "build",
+    "detect",
+    "fuse_model",
+    "fused_state_dict",
+]

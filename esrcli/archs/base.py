@@ -1,0 +1,40 @@
+"""What every architecture in the library shares."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+FORMS = ("fused", "train")
+
+
+class SRNet(nn.Module):
+    """A super-resolution network that can rebuild itself and recognise its own weights.
+
+    `config` holds exactly the constructor arguments (less `form`), so a network can be
+    rebuilt in the other form, or from a file's metadata, without knowing its class.
+    """
+
+    arch: ClassVar[str]
+
+    def __init__(self, *, scale: int, config: dict[str, Any], form: str) -> None:
+        super().__init__()
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, not {form!r}")
+        self.scale = scale
+        self.config = config
+        self.form = form
+
+    @classmethod
+    def detect(cls, sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
+        """Constructor arguments (with `form`) read from a state dict, or None if not this architecture."""
+        raise NotImplementedError
+
+
+def count_indexed(sd: Mapping[str, Tensor], prefix: str, sep: str = ".") -> int:
+    """How many distinct indices N appear in keys `{prefix}{sep}N.…` (blocks, cells, chains)."""
+    pattern = re.compile(rf"{re.escape(prefix)}{re.escape(sep)}(\d+)\.")
+    return len({m.group(1) for key in sd if (m := pattern.match(key))})

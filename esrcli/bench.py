@@ -1,0 +1,146 @@
+"""Quality and speed measurements, following the papers' evaluation protocol."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .imresize import bicubic_downscale_uint8, mod_crop
+from .metrics import load_rgb, psnr, ssim, to_uint8
+
+IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class SetScore:
+    psnr: float
+    ssim: float
+    images: int
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def find_lr(set_dir: Path, hr_path: Path, scale: int) -> Path | None:
+    """The set's own LR file for an HR image (`LR_bicubic/X4/babyx4.png` or `.../baby.png`)."""
+    folder = set_dir / "LR_bicubic" / f"X{scale}"
+    for stem in (f"{hr_path.stem}x{scale}", hr_path.stem):
+        for suffix in (hr_path.suffix, ".png"):
+            candidate = folder / f"{stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+@torch.inference_mode()
+def upscale_array(network: nn.Module, lr: np.ndarray) -> np.ndarray:
+    """A whole uint8 HxWx3 image through the network (evaluation images are small: no tiling)."""
+    param = next(network.parameters())
+    x = torch.from_numpy(lr).permute(2, 0, 1)[None].to(device=param.device, dtype=param.dtype) / 255.0
+    return to_uint8(network(x).float())
+
+
+def evaluate_set(
+    network: nn.Module,
+    scale: int,
+    set_dir: Path,
+    *,
+    channel: str = "y",
+    crop: int | None = None,
+    limit: int | None = None,
+    on_image: Callable[[Path], None] | None = None,
+) -> SetScore:
+    """Mean PSNR/SSIM over a set's HR/ images; LR from LR_bicubic/X{s}/ or made with MATLAB bicubic."""
+    hr_dir = set_dir / "HR"
+    if not hr_dir.is_dir():
+        raise FileNotFoundError(f"{set_dir}: no HR/ folder (a benchmark set holds HR/ and optionally LR_bicubic/X{scale}/)")
+    paths = list_images(hr_dir)[:limit]
+    if not paths:
+        raise FileNotFoundError(f"{hr_dir}: no images")
+    crop = scale if crop is None else crop
+    psnrs, ssims = [], []
+    for path in paths:
+        hr = mod_crop(load_rgb(path), scale)
+        lr_path = find_lr(set_dir, path, scale)
+        lr = load_rgb(lr_path) if lr_path else bicubic_downscale_uint8(hr, scale)
+        if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
+            raise ValueError(f"{lr_path}: {lr.shape[1]}x{lr.shape[0]} is not HR {hr.shape[1]}x{hr.shape[0]} / {scale}")
+        sr = upscale_array(network, lr)
+        psnrs.append(psnr(sr, hr, crop, channel))
+        ssims.append(ssim(sr, hr, crop, channel))
+        if on_image:
+            on_image(path)
+    return SetScore(float(np.mean(psnrs)), float(np.mean(ssims)), len(paths))
+
+
+def count_macs(network: nn.Module, shape: tuple[int, int, int, int]) -> int:
+    """Multiply-accumulates of every conv for one input of `shape`, counted from real output sizes."""
+    total = 0
+
+    def hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output[0].numel() * (module.in_channels // module.groups) * kh * kw
+
+    handles = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        param = next(network.parameters())
+        with torch.inference_mode():
+            network(torch.zeros(shape, device=param.device, dtype=param.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    return total // shape[0]
+
+
+@dataclass
+class SpeedResult:
+    params: int
+    macs_g: float
+    latency_ms: float
+    output_mpix_per_s: float
+    input_size: tuple[int, int]
+    runs: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@torch.inference_mode()
+def measure_speed(network: nn.Module, scale: int, width: int, height: int, *, min_seconds: float = 2.0, max_runs: int = 100) -> SpeedResult:
+    """Median latency of whole-frame forwards after warm-up."""
+    param = next(network.parameters())
+    x = torch.rand(1, 3, height, width, device=param.device, dtype=param.dtype)
+    for _ in range(2):
+        network(x)
+    _sync(param.device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (time.perf_counter() - start < min_seconds or len(times) < 3):
+        t0 = time.perf_counter()
+        network(x)
+        _sync(param.device)
+        times.append(time.perf_counter() - t0)
+    latency = float(np.median(times))
+    return SpeedResult(
+        params=sum(p.numel() for p in network.parameters()),
+        macs_g=count_macs(network, (1, 3, height, width)) / 1e9,
+        latency_ms=latency * 1e3,
+        output_mpix_per_s=width * height * scale * scale / 1e6 / latency,
+        input_size=(width, height),
+        runs=len(times),
+    )

@@ -1,0 +1,28 @@
+"""The `esr` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .bench import bench
+from .common import EsrGroup
+from .models import models
+
+EPILOG = """\b
+Examples:
+  esr models list                         the models you can name with -m
+  esr models fetch span-tiny              download, verify and fuse once
+  esr bench quality -m efdn --data Set5   PSNR/SSIM on a benchmark set
+  esr bench speed -m span-tiny --size 320x180
+"""
+
+
+@click.group(cls=EsrGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="esr")
+def main() -> None:
+    """esr: efficient super-resolution (SPAN, EFDN, ESPAN, DSCLoRA) on CUDA, MPS or CPU."""
+
+
+main.add_command(models)
+main.add_command(bench)

@@ -1,0 +1,85 @@
+"""`esr bench`: quality on benchmark sets, and speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..bench import evaluate_set, list_images, measure_speed
+from .common import device_options, model_option, open_model, print_json, stderr, stdout
+
+
+def _size(value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+        if w <= 0 or h <= 0:
+            raise ValueError
+        return w, h
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not WIDTHxHEIGHT, e.g. 320x180") from None
+
+
+@click.group()
+def bench() -> None:
+    """Measure a model's quality (PSNR/SSIM) or speed."""
+
+
+@bench.command("quality")
+@model_option()
+@click.option("--data", "data_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="A set folder with HR/ and optionally LR_bicubic/X{s}/ (repeatable).")
+@click.option("-s", "--scale", type=int, help="Which registry variant (default: the model's first).")
+@click.option("--metric", type=click.Choice(["y", "rgb"]), default="y", show_default=True, help="PSNR/SSIM on BT.601 Y (papers) or on RGB (NTIRE).")
+@click.option("--crop", type=int, help="Border pixels ignored on each side [default: the scale].")
+@click.option("--limit", type=int, help="Only the first N images of each set.")
+@device_options
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def quality(model_ref, data_dirs, scale, metric, crop, limit, device, precision, quiet, as_json) -> None:
+    """PSNR and SSIM of a model on benchmark sets, with the papers' protocol."""
+    loaded = open_model(model_ref, device, precision, scale=scale, progress=not (quiet or as_json))
+    results = {}
+    total = sum(len(list_images(d / "HR")[:limit]) if (d / "HR").is_dir() else 0 for d in data_dirs)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
+        task = progress.add_task(f"{loaded.name} x{loaded.scale}", total=total)
+        for d in data_dirs:
+            score = evaluate_set(loaded.network, loaded.scale, d, channel=metric, crop=crop, limit=limit, on_image=lambda _p: progress.advance(task))
+            results[d.name] = {"psnr": round(score.psnr, 4), "ssim": round(score.ssim, 4), "images": score.images}
+    summary = {"model": loaded.name, "scale": loaded.scale, "metric": metric, "crop": loaded.scale if crop is None else crop, "sets": results}
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(title=f"{loaded.name} x{loaded.scale}, {metric.upper()} (crop {summary['crop']})", title_justify="left")
+    for column in ("set", "images", "PSNR (dB)", "SSIM"):
+        table.add_column(column, justify="right" if column != "set" else "left")
+    for name, r in results.items():
+        table.add_row(name, str(r["images"]), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}")
+    stdout.print(table)
+
+
+@bench.command("speed")
+@model_option()
+@click.option("-s", "--scale", type=int, help="Which registry variant (default: the model's first).")
+@click.option("--size", default="320x180", show_default=True, help="Input size WIDTHxHEIGHT.")
+@click.option("--seconds", default=2.0, show_default=True, help="Time spent timing (after warm-up).")
+@device_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def speed(model_ref, scale, size, seconds, device, precision, as_json) -> None:
+    """Parameters, MACs, latency and output megapixels per second."""
+    width, height = _size(size)
+    loaded = open_model(model_ref, device, precision, scale=scale, progress=not as_json)
+    result = measure_speed(loaded.network, loaded.scale, width, height, min_seconds=seconds)
+    param = next(loaded.network.parameters())
+    data = {"model": loaded.name, "scale": loaded.scale, "device": str(param.device), "precision": str(param.dtype).removeprefix("torch."), **result.as_dict()}
+    if as_json:
+        print_json(data)
+        return
+    stdout.print(
+        f"{loaded.name} x{loaded.scale} on {data['device']} ({data['precision']}), input {width}x{height}: "
+        f"{result.params:,} params, {result.macs_g:.2f} GMACs, {result.latency_ms:.1f} ms, "
+        f"{result.output_mpix_per_s:.2f} output MP/s ({result.runs} runs)",
+        highlight=False,
+    )

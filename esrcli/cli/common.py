@@ -1,0 +1,71 @@
+"""What every command shares: consoles, one-line errors, device and model options."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ..archs import UnknownArchitecture
+from ..device import DeviceError, resolve_device, resolve_precision
+from ..download import DownloadError
+from ..registry import LoadedModel, RegistryError, load_model
+from ..weights import WeightsError
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    DeviceError,
+    DownloadError,
+    RegistryError,
+    WeightsError,
+    UnknownArchitecture,
+    FileNotFoundError,
+)
+
+
+def fail(message: str) -> None:
+    stderr.print(f"[bold red]esr: error:[/] {message}", highlight=False, markup=True)
+
+
+class EsrGroup(click.Group):
+    """Turns the library's expected failures into one red line and exit code 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            fail(str(exc).replace("[", "\\["))
+            ctx.exit(1)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def model_option(default: str | None = None) -> Callable:
+    return click.option(
+        "-m",
+        "--model",
+        "model_ref",
+        default=default,
+        required=default is None,
+        metavar="MODEL",
+        help="Registry name (esr models list), a .pth/.safetensors file, or hf://owner/repo/file.",
+    )
+
+
+def device_options(f: Callable) -> Callable:
+    f = click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="auto: fp16 on CUDA/MPS, fp32 on CPU.")(f)
+    f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps (auto: CUDA, then MPS, then CPU).")(f)
+    return f
+
+
+def open_model(model_ref: str, device: str, precision: str, *, scale: int | None = None, progress: bool = True) -> LoadedModel:
+    dev = resolve_device(device)
+    return load_model(model_ref, scale=scale, device=dev, dtype=resolve_precision(precision, dev), progress=progress)

@@ -1,0 +1,128 @@
+"""`esr models`: the registry, downloads and the fused cache."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from ..download import HubSource, UrlSource
+from ..registry import ModelEntry, RegistryError, Weights, default_registry, fetch_model, fused_cache_path, import_model_file
+from .common import print_json, stdout
+
+
+def _source_text(source: UrlSource | HubSource) -> str:
+    return source.url if isinstance(source, UrlSource) else f"hf://{source.repo_id}/{source.filename}@{source.revision}"
+
+
+def _entry_json(entry: ModelEntry) -> dict:
+    return {
+        "name": entry.name,
+        "title": entry.title,
+        "arch": entry.arch,
+        "args": entry.args,
+        "licence": entry.licence,
+        "paper": entry.paper,
+        "notes": entry.notes,
+        "weights": [
+            {
+                "scale": w.scale,
+                "file": w.filename,
+                "sha256": w.sha256,
+                "size": w.size,
+                "sources": [_source_text(s) for s in w.sources],
+                "cached": str(fused_cache_path(entry, w)) if fused_cache_path(entry, w).is_file() else None,
+            }
+            for w in entry.weights
+        ],
+    }
+
+
+@click.group()
+def models() -> None:
+    """List, inspect and fetch the registry's models."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_models(as_json: bool) -> None:
+    """A table of every model name -m accepts."""
+    entries = list(default_registry())
+    if as_json:
+        print_json([_entry_json(e) for e in entries])
+        return
+    table = Table(title="esr models", title_justify="left")
+    for column in ("name", "arch", "scales", "cached", "licence", "description"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        cached = ", ".join(f"x{w.scale}" for w in e.weights if fused_cache_path(e, w).is_file()) or "-"
+        table.add_row(e.name, e.arch, ", ".join(f"x{s}" for s in e.scales), cached, e.licence, e.title)
+    stdout.print(table)
+
+
+@models.command("info")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(name: str, as_json: bool) -> None:
+    """Architecture, licence, paper and pinned sources of one model."""
+    data = _entry_json(default_registry().get(name))
+    if as_json:
+        print_json(data)
+        return
+    stdout.print(f"[bold]{data['name']}[/]: {data['title']}")
+    for key in ("arch", "args", "licence", "paper", "notes"):
+        if data[key]:
+            stdout.print(f"  {key}: {data[key]}", highlight=False)
+    for w in data["weights"]:
+        stdout.print(f"  x{w['scale']}: {w['file']}  sha256 {w['sha256']}  {w['size'] or '?'} bytes", highlight=False)
+        for s in w["sources"]:
+            stdout.print(f"      from {s}", highlight=False)
+        stdout.print(f"      cached: {w['cached'] or 'no'}", highlight=False)
+
+
+def _variants(entry: ModelEntry, scale: int | None) -> list[Weights]:
+    return [entry.variant(scale)] if scale else list(entry.weights)
+
+
+@models.command("fetch")
+@click.argument("names", nargs=-1)
+@click.option("--all", "fetch_all", is_flag=True, help="Every model in the registry.")
+@click.option("-s", "--scale", type=int, help="Only this scale (default: every scale of each model).")
+@click.option("--file", "from_file", type=click.Path(exists=True, dir_okay=False), help="Use this local copy (checked against the pinned SHA-256) instead of downloading.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def fetch(names: tuple[str, ...], fetch_all: bool, scale: int | None, from_file: str | None, quiet: bool) -> None:
+    """Download, verify and fuse models once, so later runs work offline."""
+    registry = default_registry()
+    if fetch_all:
+        names = tuple(registry.entries)
+    if not names:
+        raise click.UsageError("name one or more models, or pass --all")
+    if from_file:
+        if len(names) != 1:
+            raise click.UsageError("--file takes exactly one model name")
+        entry = registry.get(names[0])
+        candidates = _variants(entry, scale)
+        if scale is None and len(candidates) > 1:
+            from ..download import sha256_file
+
+            digest = sha256_file(from_file)
+            candidates = [w for w in candidates if w.sha256 == digest] or candidates[:1]
+        path = import_model_file(entry, candidates[0], from_file)
+        stdout.print(f"{entry.name} x{candidates[0].scale}: {path}", highlight=False)
+        return
+    for name in names:
+        entry = registry.get(name)
+        for weights in _variants(entry, scale):
+            path = fetch_model(entry, weights, progress=not quiet)
+            stdout.print(f"{entry.name} x{weights.scale}: {path}", highlight=False)
+
+
+@models.command("path")
+@click.argument("name")
+@click.option("-s", "--scale", type=int, help="Which scale (default: the model's first).")
+def path(name: str, scale: int | None) -> None:
+    """Print the fused weight file of a fetched model (exit 1 if not fetched)."""
+    entry = default_registry().get(name)
+    target = fused_cache_path(entry, entry.variant(scale))
+    if not target.is_file():
+        raise RegistryError(f"model '{name}' x{entry.variant(scale).scale} is not fetched yet: run `esr models fetch {name}`")
+    click.echo(str(target))

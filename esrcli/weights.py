@@ -1,0 +1,165 @@
+"""Weight files to networks and back: .pth and .safetensors, detection, strict loading, fusion.
+
+Training-form weights are fused here, once, at load time: a network that leaves this
+module is always in inference form, in eval mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from .archs import SRNet, UnknownArchitecture, build, detect, fuse_model
+from .archs.blocks import Reparameterizable
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
+
+
+class WeightsError(ValueError):
+    """A weight file that cannot be used; the message is one line naming the file."""
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a weight file, unwrapped from training wrappers."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weight file")
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = dict(f.metadata() or {})
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+        else:
+            metadata = {}
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch and safetensors raise many types for a bad file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: not a readable weight file ({reason})") from exc
+    return unwrap(sd, path), metadata
+
+
+def unwrap(obj: Any, path: str | Path = "<weights>") -> dict[str, Tensor]:
+    """The bare state dict inside a training checkpoint (EMA weights preferred)."""
+    while isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
+        key = next((k for k in WRAPPER_KEYS if k in obj), None)
+        if key is None:
+            raise WeightsError(f"{path}: no state dict found (top-level keys: {', '.join(map(str, list(obj)[:6]))})")
+        obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    sd = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if sd and all(k.startswith("module.") for k in sd):  # saved from DataParallel/DDP
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _drop_stale(model: SRNet, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Remove fused copies that training-form files carry: they are recomputed, never trusted."""
+    stale = {
+        f"{name}.{key}"
+        for name, module in model.named_modules()
+        if isinstance(module, Reparameterizable)
+        for key in module.stale_keys
+    }
+    return {k: v for k, v in sd.items() if k not in stale}
+
+
+def _short(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", … (+{len(keys) - limit})" if len(keys) > limit else "")
+
+
+def load_strict(model: SRNet, sd: Mapping[str, Tensor], source: str) -> None:
+    """load_state_dict(strict=True), with one readable line for missing, unexpected or misshapen keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    misshapen = [f"{k} {tuple(sd[k].shape)}≠{tuple(v.shape)}" for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or misshapen:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys ({_short(missing)})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys ({_short(unexpected)})")
+        if misshapen:
+            parts.append(f"wrong shapes ({_short(misshapen, 3)})")
+        raise WeightsError(f"{source}: weights do not fit {model.arch} {model.config}: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
+
+
+def network_from_state_dict(
+    sd: Mapping[str, Tensor],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    source: str = "<weights>",
+) -> SRNet:
+    """The inference-form network for a state dict: esr metadata if present, else detection."""
+    metadata = metadata or {}
+    if "esr.arch" in metadata:
+        arch = metadata["esr.arch"]
+        config = json.loads(metadata.get("esr.config", "{}"))
+        form = metadata.get("esr.form", "fused")
+    else:
+        try:
+            arch, config = detect(sd)
+        except UnknownArchitecture as exc:
+            raise WeightsError(f"{source}: {exc}") from None
+        form = config.pop("form")
+    config.update(overrides or {})
+    try:
+        model = build(arch, form=form, **config)
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{source}: cannot build {arch} with {config}: {exc}") from None
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    if form == "train":
+        sd = _drop_stale(model, sd)
+    load_strict(model, sd, source)
+    if form == "train":
+        model = fuse_model(model)
+    return model.eval()
+
+
+def load_network(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> SRNet:
+    """Read, detect, strictly load and fuse a weight file."""
+    sd, metadata = read_state_dict(path)
+    return network_from_state_dict(sd, metadata, overrides=overrides, source=str(path))
+
+
+def network_metadata(model: SRNet) -> dict[str, str]:
+    """What a later load needs to rebuild the network without detection."""
+    return {
+        "esr.arch": model.arch,
+        "esr.config": json.dumps(model.config, sort_keys=True),
+        "esr.form": "fused",
+        "esr.scale": str(model.scale),
+    }
+
+
+def save_network(model: SRNet, path: str | Path, *, dtype: torch.dtype = torch.float32, extra_metadata: Mapping[str, str] | None = None) -> Path:
+    """Write the fused weights as safetensors with esr metadata, atomically."""
+    from .archs import fused_state_dict
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in fused_state_dict(model).items()}
+    metadata = {**network_metadata(model), **(extra_metadata or {})}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(sd, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
