@@ -55,9 +55,13 @@ def evaluate_set(
     channel: str = "y",
     crop: int | None = None,
     limit: int | None = None,
+    with_ssim: bool = True,
     on_image: Callable[[Path], None] | None = None,
 ) -> SetScore:
-    """Mean PSNR/SSIM over a set's HR/ images; LR from LR_bicubic/X{s}/ or made with MATLAB bicubic."""
+    """Mean PSNR/SSIM over a set's HR/ images; LR from LR_bicubic/X{s}/ or made with MATLAB bicubic.
+
+    `with_ssim=False` skips SSIM (NaN) where only PSNR is wanted: it costs more than the network.
+    """
     hr_dir = set_dir / "HR"
     if not hr_dir.is_dir():
         raise FileNotFoundError(f"{set_dir}: no HR/ folder (a benchmark set holds HR/ and optionally LR_bicubic/X{scale}/)")
@@ -74,7 +78,7 @@ def evaluate_set(
             raise ValueError(f"{lr_path}: {lr.shape[1]}x{lr.shape[0]} is not HR {hr.shape[1]}x{hr.shape[0]} / {scale}")
         sr = upscale_array(network, lr)
         psnrs.append(psnr(sr, hr, crop, channel))
-        ssims.append(ssim(sr, hr, crop, channel))
+        ssims.append(ssim(sr, hr, crop, channel) if with_ssim else float("nan"))
         if on_image:
             on_image(path)
     return SetScore(float(np.mean(psnrs)), float(np.mean(ssims)), len(paths))

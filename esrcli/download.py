@@ -286,8 +286,7 @@ def _offline_error(name: str, source: Source) -> OfflineError:
         where = source.url
     reason = f"not cached and esr is offline ({var}={os.environ.get(var, '1')})"
     return OfflineError(
-        f"model '{name}' is {reason}: download {where} and pass it with -m /path/to/file,"
-        " or unset ESR_OFFLINE/HF_HUB_OFFLINE",
+        f"model '{name}' is {reason}: download {where} and pass it with -m /path/to/file, or unset ESR_OFFLINE/HF_HUB_OFFLINE",
         reason=f"{source}: {reason}",
     )
 
@@ -408,9 +407,7 @@ def _download_url(src: UrlSource, *, name: str, progress: bool) -> Path:
     return final
 
 
-def _stream_into(
-    src: UrlSource, f: BinaryIO, hasher: Any, have: int, fail: Callable[[str], DownloadError], *, progress: bool
-) -> Any:
+def _stream_into(src: UrlSource, f: BinaryIO, hasher: Any, have: int, fail: Callable[[str], DownloadError], *, progress: bool) -> Any:
     """GET the URL, resuming after ``have`` bytes, appending to ``f``; returns the running digest.
 
     Partial data is flushed and kept on network errors so the next call can resume with Range.

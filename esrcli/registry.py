@@ -18,8 +18,23 @@ from typing import Any
 import torch
 
 from .archs import SRNet
-from .download import HubSource, Source, UrlSource, cache_dir, fetch, fetch_first, sha256_file
-from .weights import WEIGHT_SUFFIXES, WeightsError, load_network, network_from_state_dict, read_state_dict, save_network
+from .download import (
+    HubSource,
+    Source,
+    UrlSource,
+    cache_dir,
+    fetch,
+    fetch_first,
+    sha256_file,
+)
+from .weights import (
+    WEIGHT_SUFFIXES,
+    WeightsError,
+    load_network,
+    network_from_state_dict,
+    read_state_dict,
+    save_network,
+)
 
 
 class RegistryError(ValueError):

@@ -59,17 +59,14 @@ def unwrap(obj: Any, path: str | Path = "<weights>") -> dict[str, Tensor]:
         raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
     sd = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
     if sd and all(k.startswith("module.") for k in sd):  # saved from DataParallel/DDP
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
 def _drop_stale(model: SRNet, sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """Remove fused copies that training-form files carry: they are recomputed, never trusted."""
     stale = {
-        f"{name}.{key}"
-        for name, module in model.named_modules()
-        if isinstance(module, Reparameterizable)
-        for key in module.stale_keys
+        f"{name}.{key}" for name, module in model.named_modules() if isinstance(module, Reparameterizable) for key in module.stale_keys
     }
     return {k: v for k, v in sd.items() if k not in stale}
 
@@ -146,7 +143,9 @@ def network_metadata(model: SRNet) -> dict[str, str]:
     }
 
 
-def save_network(model: SRNet, path: str | Path, *, dtype: torch.dtype = torch.float32, extra_metadata: Mapping[str, str] | None = None) -> Path:
+def save_network(
+    model: SRNet, path: str | Path, *, dtype: torch.dtype = torch.float32, extra_metadata: Mapping[str, str] | None = None
+) -> Path:
     """Write the fused weights as safetensors with esr metadata, atomically."""
     from .archs import fused_state_dict
 

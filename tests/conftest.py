@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/loopback.py
 
 SHARED = Path(os.environ.get("ESR_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 WEIGHTS = SHARED / "weights"
@@ -36,3 +39,12 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.delenv("ESR_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving files from tmp_path/served (see loopback.py)."""
+    from loopback import serve
+
+    with serve(tmp_path / "served") as state:
+        yield state

@@ -5,17 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from loopback import COMMIT, FileServer
 
 from esrcli.download import (
     ChecksumMismatch,
@@ -31,158 +27,11 @@ from esrcli.download import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 _PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
-# A small real HTTP server (plain files + the bits of the Hub API hf_hub_download uses)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-
-
-@dataclass
-class FileServer:
-    root: Path
-    port: int = 0
-    support_range: bool = True
-    cut_short: bool = False
-    status: dict[str, int] = field(default_factory=dict)  # url path -> forced HTTP status
-    requests: list[Seen] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def url(self, name: str) -> str:
-        return f"{self.base}/{name}"
-
-    def add(self, name: str, data: bytes) -> Path:
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return path
-
-    def add_hub(self, repo_id: str, filename: str, data: bytes) -> None:
-        self.add(f"_hub/{repo_id}/{filename}", data)
-
-    @property
-    def count(self) -> int:
-        with self.lock:
-            return len(self.requests)
-
-
-def _make_handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
-    hub_re = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.0"  # one request per connection: cutting a body short is clean
-
-        def log_message(self, format: str, *args: object) -> None:  # keep pytest output quiet
-            pass
-
-        def _record(self) -> None:
-            with state.lock:
-                state.requests.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
-
-        def do_HEAD(self) -> None:
-            self._serve(head=True)
-
-        def do_GET(self) -> None:
-            self._serve(head=False)
-
-        def _serve(self, *, head: bool) -> None:
-            self._record()
-            path = self.path.split("?", 1)[0]
-            if path in state.status:
-                self._error(state.status[path])
-                return
-            extra: dict[str, str] = {}
-            hub = hub_re.match(path)
-            if hub:
-                repo_id, _revision, filename = hub.groups()
-                file = state.root / "_hub" / repo_id / filename
-                # What the Hub sends for an LFS file: commit, sha256 etag, size.
-                extra = {"X-Repo-Commit": COMMIT}
-                if not file.is_file():
-                    self._error(404, {**extra, "X-Error-Code": "EntryNotFound"})
-                    return
-                extra["ETag"] = f'"{sha256_file(file)}"'
-            else:
-                file = state.root / path.lstrip("/")
-                if not file.is_file():
-                    self._error(404)
-                    return
-            data = file.read_bytes()
-            start = 0
-            rng = self.headers.get("Range")
-            m = re.fullmatch(r"bytes=(\d+)-", rng or "")
-            if state.support_range and m:
-                start = int(m.group(1))
-                if start >= len(data):
-                    self._error(416, {"Content-Range": f"bytes */{len(data)}"})
-                    return
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            else:
-                self.send_response(200)
-            body = data[start:]
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Content-Type", "application/octet-stream")
-            if state.support_range:
-                self.send_header("Accept-Ranges", "bytes")
-            for k, v in extra.items():
-                self.send_header(k, v)
-            self.end_headers()
-            if head:
-                return
-            if state.cut_short:
-                self.wfile.write(body[: len(body) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            self.wfile.write(body)
-
-        def _error(self, code: int, headers: dict[str, str] | None = None) -> None:
-            body = f"error {code}".encode()
-            self.send_response(code)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-    return Handler
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[FileServer]:
-    state = FileServer(root=tmp_path / "served")
-    state.root.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
-    httpd.daemon_threads = True
-    state.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture(autouse=True)
@@ -222,8 +71,14 @@ def test_cache_dir_xdg_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.parametrize(
     ("var", "value", "expected"),
-    [("ESR_OFFLINE", "1", True), ("HF_HUB_OFFLINE", "TRUE", True), ("ESR_OFFLINE", "on", True),
-     ("ESR_OFFLINE", "yes", True), ("ESR_OFFLINE", "0", False), ("HF_HUB_OFFLINE", "", False)],
+    [
+        ("ESR_OFFLINE", "1", True),
+        ("HF_HUB_OFFLINE", "TRUE", True),
+        ("ESR_OFFLINE", "on", True),
+        ("ESR_OFFLINE", "yes", True),
+        ("ESR_OFFLINE", "0", False),
+        ("HF_HUB_OFFLINE", "", False),
+    ],
 )
 def test_is_offline(monkeypatch: pytest.MonkeyPatch, var: str, value: str, expected: bool) -> None:
     assert not is_offline()
@@ -268,8 +123,7 @@ def test_url_download_success_then_cached(server: FileServer, isolated_env: Path
     assert server.count == 1  # no network on the second call
 
 
-def test_progress_bar_on_terminal(server: FileServer, monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_on_terminal(server: FileServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     data = os.urandom(3_000_000)
     server.add("bar.pth", data)
     monkeypatch.setenv("TTY_COMPATIBLE", "1")  # make rich treat captured stderr as a terminal
@@ -466,9 +320,7 @@ def hub(server: FileServer, tmp_path: Path, isolated_env: Path):  # type: ignore
         if offline:
             env["HF_HUB_OFFLINE"] = "1"
         spec = json.dumps({"source": source, "name": name, "first": first})
-        proc = subprocess.run(
-            [sys.executable, "-c", _HUB_SCRIPT, spec], env=env, capture_output=True, text=True, timeout=60
-        )
+        proc = subprocess.run([sys.executable, "-c", _HUB_SCRIPT, spec], env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -516,8 +368,7 @@ def test_hub_wrong_sha_deletes_from_hf_cache(server: FileServer, hub) -> None:  
 
 def test_hub_offline_not_cached(server: FileServer, hub) -> None:  # type: ignore[no-untyped-def]
     server.add_hub("esr/span", "span.safetensors", b"weights")
-    out = hub({"repo_id": "esr/span", "filename": "span.safetensors", "sha256": _sha(b"weights")},
-              offline=True, first=True)
+    out = hub({"repo_id": "esr/span", "filename": "span.safetensors", "sha256": _sha(b"weights")}, offline=True, first=True)
     assert out["error"] == "OfflineError", out
     assert "'span'" in out["message"] and "hf://esr/span/span.safetensors" in out["message"]
     assert "HF_HUB_OFFLINE" in out["message"]
@@ -540,7 +391,16 @@ def test_hub_from_uri() -> None:
     s = HubSource.from_uri("hf://owner/repo@v1.0/dir/w.pth")
     assert (s.repo_id, s.filename, s.revision) == ("owner/repo", "dir/w.pth", "v1.0")
     assert HubSource.from_uri(HubSource("a/b", "c/d.bin").uri) == HubSource("a/b", "c/d.bin")
-    for bad in ["https://huggingface.co/a/b/c", "hf://owner/repo", "hf://owner", "hf://owner/repo/",
-                "hf://owner//file", "hf://owner/repo/file@", "hf://owner/repo/../x", "hf:///repo/file", ""]:
+    for bad in [
+        "https://huggingface.co/a/b/c",
+        "hf://owner/repo",
+        "hf://owner",
+        "hf://owner/repo/",
+        "hf://owner//file",
+        "hf://owner/repo/file@",
+        "hf://owner/repo/../x",
+        "hf:///repo/file",
+        "",
+    ]:
         with pytest.raises(ValueError):
             HubSource.from_uri(bad)

@@ -102,7 +102,9 @@ class SPAN(SRNet):
     ) -> None:
         super().__init__(
             scale=scale,
-            config=dict(channels=channels, scale=scale, cat_channels=cat_channels, norm=norm, in_channels=in_channels, out_channels=out_channels),
+            config=dict(
+                channels=channels, scale=scale, cat_channels=cat_channels, norm=norm, in_channels=in_channels, out_channels=out_channels
+            ),
             form=form,
         )
         c, cat = channels, cat_channels or channels
@@ -188,7 +190,10 @@ class ESPAN(SRNet):
             head_kernel = sd["conv_1.eval_conv.weight"].shape[-1]
         else:
             chain_ends = [k for k in sd if k.startswith("conv_1.chains.") and k.endswith(".weight")]
-            head_kernel = max(sum(sd[k].shape[-1] - 1 for k in chain_ends if k.startswith(f"conv_1.chains.{i}.")) + 1 for i in range(count_indexed(sd, "conv_1.chains")))
+            head_kernel = max(
+                sum(sd[k].shape[-1] - 1 for k in chain_ends if k.startswith(f"conv_1.chains.{i}.")) + 1
+                for i in range(count_indexed(sd, "conv_1.chains"))
+            )
         return dict(
             channels=sd["tea_conv_cat.weight"].shape[0],
             scale=_scale_from(_conv_weight(sd, "tea_upsampler.0").shape[0]),

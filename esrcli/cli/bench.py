@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from ..bench import evaluate_set, list_images, measure_speed
@@ -29,9 +35,18 @@ def bench() -> None:
 
 @bench.command("quality")
 @model_option()
-@click.option("--data", "data_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="A set folder with HR/ and optionally LR_bicubic/X{s}/ (repeatable).")
+@click.option(
+    "--data",
+    "data_dirs",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A set folder with HR/ and optionally LR_bicubic/X{s}/ (repeatable).",
+)
 @click.option("-s", "--scale", type=int, help="Which registry variant (default: the model's first).")
-@click.option("--metric", type=click.Choice(["y", "rgb"]), default="y", show_default=True, help="PSNR/SSIM on BT.601 Y (papers) or on RGB (NTIRE).")
+@click.option(
+    "--metric", type=click.Choice(["y", "rgb"]), default="y", show_default=True, help="PSNR/SSIM on BT.601 Y (papers) or on RGB (NTIRE)."
+)
 @click.option("--crop", type=int, help="Border pixels ignored on each side [default: the scale].")
 @click.option("--limit", type=int, help="Only the first N images of each set.")
 @device_options
@@ -46,9 +61,17 @@ def quality(model_ref, data_dirs, scale, metric, crop, limit, device, precision,
     with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
         task = progress.add_task(f"{loaded.name} x{loaded.scale}", total=total)
         for d in data_dirs:
-            score = evaluate_set(loaded.network, loaded.scale, d, channel=metric, crop=crop, limit=limit, on_image=lambda _p: progress.advance(task))
+            score = evaluate_set(
+                loaded.network, loaded.scale, d, channel=metric, crop=crop, limit=limit, on_image=lambda _p: progress.advance(task)
+            )
             results[d.name] = {"psnr": round(score.psnr, 4), "ssim": round(score.ssim, 4), "images": score.images}
-    summary = {"model": loaded.name, "scale": loaded.scale, "metric": metric, "crop": loaded.scale if crop is None else crop, "sets": results}
+    summary = {
+        "model": loaded.name,
+        "scale": loaded.scale,
+        "metric": metric,
+        "crop": loaded.scale if crop is None else crop,
+        "sets": results,
+    }
     if as_json:
         print_json(summary)
         return
@@ -73,7 +96,13 @@ def speed(model_ref, scale, size, seconds, device, precision, as_json) -> None:
     loaded = open_model(model_ref, device, precision, scale=scale, progress=not as_json)
     result = measure_speed(loaded.network, loaded.scale, width, height, min_seconds=seconds)
     param = next(loaded.network.parameters())
-    data = {"model": loaded.name, "scale": loaded.scale, "device": str(param.device), "precision": str(param.dtype).removeprefix("torch."), **result.as_dict()}
+    data = {
+        "model": loaded.name,
+        "scale": loaded.scale,
+        "device": str(param.device),
+        "precision": str(param.dtype).removeprefix("torch."),
+        **result.as_dict(),
+    }
     if as_json:
         print_json(data)
         return

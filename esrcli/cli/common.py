@@ -61,8 +61,16 @@ def model_option(default: str | None = None) -> Callable:
 
 
 def device_options(f: Callable) -> Callable:
-    f = click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="auto: fp16 on CUDA/MPS, fp32 on CPU.")(f)
-    f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps (auto: CUDA, then MPS, then CPU).")(f)
+    f = click.option(
+        "--precision",
+        default="auto",
+        show_default=True,
+        type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+        help="auto: fp16 on CUDA/MPS, fp32 on CPU.",
+    )(f)
+    f = click.option(
+        "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps (auto: CUDA, then MPS, then CPU)."
+    )(f)
     return f
 
 

@@ -6,7 +6,15 @@ import click
 from rich.table import Table
 
 from ..download import HubSource, UrlSource
-from ..registry import ModelEntry, RegistryError, Weights, default_registry, fetch_model, fused_cache_path, import_model_file
+from ..registry import (
+    ModelEntry,
+    RegistryError,
+    Weights,
+    default_registry,
+    fetch_model,
+    fused_cache_path,
+    import_model_file,
+)
 from .common import print_json, stdout
 
 
@@ -87,7 +95,12 @@ def _variants(entry: ModelEntry, scale: int | None) -> list[Weights]:
 @click.argument("names", nargs=-1)
 @click.option("--all", "fetch_all", is_flag=True, help="Every model in the registry.")
 @click.option("-s", "--scale", type=int, help="Only this scale (default: every scale of each model).")
-@click.option("--file", "from_file", type=click.Path(exists=True, dir_okay=False), help="Use this local copy (checked against the pinned SHA-256) instead of downloading.")
+@click.option(
+    "--file",
+    "from_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Use this local copy (checked against the pinned SHA-256) instead of downloading.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def fetch(names: tuple[str, ...], fetch_all: bool, scale: int | None, from_file: str | None, quiet: bool) -> None:
     """Download, verify and fuse models once, so later runs work offline."""

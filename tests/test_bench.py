@@ -1,0 +1,89 @@
+"""`esr bench`: the released checkpoints reproduce their published figures (REFERENCE.md section 5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from esrcli.bench import count_macs, evaluate_set, measure_speed
+from esrcli.weights import load_network
+
+TOL = 0.02  # dB, for rounding differences
+
+# file, metric, {set: (psnr, ssim or None)}
+PUBLISHED = [
+    ("efdn_x4_EFDN_gv.pth", "y", {"Set5": (32.08, 0.8931), "Set14": (28.58, 0.7809), "BSD100": (27.56, 0.7354)}),
+    ("span_ch28_x4_ntire24_team38.pth", "rgb", {"Set14": (26.59, None), "BSD100": (26.10, None)}),
+    ("espan_x4_ntire25_team36.pth", "rgb", {"Set14": (26.69, None), "BSD100": (26.16, None)}),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("filename,metric,expected", PUBLISHED, ids=[p[0].split("_")[0] for p in PUBLISHED])
+def test_published_figures_are_reproduced(shared_weights, benchmark_data, filename, metric, expected):
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    network = load_network(shared_weights / filename)
+    for set_name, (want_psnr, want_ssim) in expected.items():
+        score = evaluate_set(network, 4, benchmark_data / set_name, channel=metric, with_ssim=want_ssim is not None)
+        assert abs(score.psnr - want_psnr) <= TOL, f"{set_name}: {score.psnr:.3f} dB, published {want_psnr}"
+        if want_ssim is not None:
+            assert abs(score.ssim - want_ssim) <= 0.0005, f"{set_name}: SSIM {score.ssim:.4f}, published {want_ssim}"
+
+
+def test_lr_is_made_with_matlab_bicubic_when_a_set_has_none(shared_weights, benchmark_data, tmp_path):
+    """A set without LR_bicubic scores the same as with the MATLAB-made LR files."""
+    network = load_network(shared_weights / "span_tiny_ch26_x4_ntire24_team39.pth")
+    shutil.copytree(benchmark_data / "Set5" / "HR", tmp_path / "Set5" / "HR")
+    made = evaluate_set(network, 4, tmp_path / "Set5")
+    given = evaluate_set(network, 4, benchmark_data / "Set5")
+    assert made.images == given.images == 5
+    assert abs(made.psnr - given.psnr) < 0.005
+
+
+def test_cli_quality_json(shared_weights, benchmark_data):
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esrcli",
+            "bench",
+            "quality",
+            "-m",
+            str(shared_weights / "span_tiny_ch26_x4_ntire24_team39.pth"),
+            "--data",
+            str(benchmark_data / "Set5"),
+            "--metric",
+            "y",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    assert data["scale"] == 4 and data["metric"] == "y" and data["crop"] == 4
+    assert set(data["sets"]) == {"Set5"} and data["sets"]["Set5"]["images"] == 5
+    assert 31.6 < data["sets"]["Set5"]["psnr"] < 31.9  # SPAN-tiny: 31.74 published
+    assert 0.85 < data["sets"]["Set5"]["ssim"] < 0.95
+
+
+def test_macs_are_counted_from_conv_shapes():
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1, groups=2))
+    assert count_macs(conv, (1, 3, 10, 12)) == 10 * 12 * (8 * 3 * 9 + 8 * 4)
+
+
+def test_speed_reports_consistent_figures():
+    from esrcli.archs import build
+
+    network = build("span", channels=8, scale=4).eval()
+    result = measure_speed(network, 4, 32, 24, min_seconds=0.05, max_runs=5)
+    assert result.params == sum(p.numel() for p in network.parameters())
+    assert result.runs >= 3 and result.latency_ms > 0
+    assert result.output_mpix_per_s == pytest.approx(32 * 24 * 16 / 1e6 / (result.latency_ms / 1e3))
