@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .device import memory_format
 from .imresize import bicubic_downscale_uint8, mod_crop
 from .metrics import load_rgb, psnr, ssim, to_uint8
 
@@ -44,6 +45,7 @@ def upscale_array(network: nn.Module, lr: np.ndarray) -> np.ndarray:
     """A whole uint8 HxWx3 image through the network (evaluation images are small: no tiling)."""
     param = next(network.parameters())
     x = torch.from_numpy(lr).permute(2, 0, 1)[None].to(device=param.device, dtype=param.dtype) / 255.0
+    x = x.contiguous(memory_format=memory_format(param.device))
     return to_uint8(network(x).float())
 
 
@@ -128,7 +130,7 @@ def _sync(device: torch.device) -> None:
 def measure_speed(network: nn.Module, scale: int, width: int, height: int, *, min_seconds: float = 2.0, max_runs: int = 100) -> SpeedResult:
     """Median latency of whole-frame forwards after warm-up."""
     param = next(network.parameters())
-    x = torch.rand(1, 3, height, width, device=param.device, dtype=param.dtype)
+    x = torch.rand(1, 3, height, width, device=param.device, dtype=param.dtype).contiguous(memory_format=memory_format(param.device))
     for _ in range(2):
         network(x)
     _sync(param.device)

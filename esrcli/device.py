@@ -39,6 +39,12 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last where convolutions gain from it: measured 1.25-1.5x on CPU for the SPAN family
+    and EFDN (esr bench speed); standard on CUDA tensor cores; unreliable on MPS."""
+    return torch.contiguous_format if device.type == "mps" else torch.channels_last
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """auto: fp16 on CUDA and MPS, fp32 on CPU. fp16 on CPU is refused: it is slow and often unsupported."""
     precision = precision.strip().lower()

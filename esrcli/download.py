@@ -286,7 +286,8 @@ def _offline_error(name: str, source: Source) -> OfflineError:
         where = source.url
     reason = f"not cached and esr is offline ({var}={os.environ.get(var, '1')})"
     return OfflineError(
-        f"model '{name}' is {reason}: download {where} and pass it with -m /path/to/file, or unset ESR_OFFLINE/HF_HUB_OFFLINE",
+        f"model '{name}' is {reason}: download {where} and pass it with -m /path/to/file"
+        f" (or cache it with: esr models fetch {name} --file FILE), or unset ESR_OFFLINE/HF_HUB_OFFLINE",
         reason=f"{source}: {reason}",
     )
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .archs import SRNet
+from .device import memory_format
 from .download import (
     HubSource,
     Source,
@@ -252,10 +253,9 @@ def load_model(
 
 
 def place(network: SRNet, device: torch.device | str, dtype: torch.dtype) -> SRNet:
-    """Move to device and precision; channels_last where convolutions gain from it (CUDA)."""
-    network = network.to(device=device, dtype=dtype).eval()
-    if torch.device(device).type == "cuda":
-        network = network.to(memory_format=torch.channels_last)
+    """Move to device, precision and the memory format that suits the device, frozen."""
+    device = torch.device(device)
+    network = network.to(device=device, dtype=dtype, memory_format=memory_format(device)).eval()
     for p in network.parameters():
         p.requires_grad_(False)
     return network
