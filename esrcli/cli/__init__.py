@@ -8,9 +8,11 @@ from .. import __version__
 from .bench import bench
 from .common import EsrGroup
 from .models import models
+from .upscale import upscale
 
 EPILOG = """\b
 Examples:
+  esr upscale photo.jpg -m span-tiny      photo_x4.jpg beside the input
   esr models list                         the models you can name with -m
   esr models fetch span-tiny              download, verify and fuse once
   esr bench quality -m efdn --data Set5   PSNR/SSIM on a benchmark set
@@ -26,3 +28,4 @@ def main() -> None:
 
 main.add_command(models)
 main.add_command(bench)
+main.add_command(upscale)

@@ -9,11 +9,14 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
 
 from ..archs import UnknownArchitecture
 from ..device import DeviceError, resolve_device, resolve_precision
 from ..download import DownloadError
 from ..registry import LoadedModel, RegistryError, load_model
+from ..upscale import ScaleError
 from ..weights import WeightsError
 
 stdout = Console(soft_wrap=True)
@@ -23,6 +26,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DeviceError,
     DownloadError,
     RegistryError,
+    ScaleError,
     WeightsError,
     UnknownArchitecture,
     FileNotFoundError,
@@ -42,6 +46,14 @@ class EsrGroup(click.Group):
         except USER_ERRORS as exc:
             fail(str(exc).replace("[", "\\["))
             ctx.exit(1)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, for tiles and frames (rich's own speed column counts bytes)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f}/s" if speed else "", style="progress.data.speed")
 
 
 def print_json(data: Any) -> None:

@@ -1,0 +1,146 @@
+"""`esr upscale`: images, folders and globs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..device import resolve_device, resolve_precision
+from ..imagefile import FORMATS
+from ..tiling import TilePlan, Upscaler, auto_plan, default_overlap
+from ..upscale import Settings, format_scale, load_for_scale, plan_batch, process
+from .common import RateColumn, device_options, fail, model_option, print_json, stderr
+
+EXAMPLES = """\b
+Examples:
+  esr upscale photo.jpg -m span-tiny              photo_x4.jpg beside the input
+  esr upscale shots/ -o big/ -s 2 -m efdn         every image of a folder, x2
+  esr upscale "raw/**/*.png" -r -o out/ -m span   a glob, mirrored under out/
+  esr upscale scan.tif -s 3 --tile 256 -v         any factor; -v shows the plan
+"""
+
+
+@click.command(epilog=EXAMPLES)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (one input) or folder. Default: beside each input.")
+@model_option()
+@click.option("-s", "--scale", type=float, help="Any factor > 1 (e.g. 2, 3, 4, 1.5, 8). Default: the model's scale.")
+@click.option("--tile", type=click.IntRange(min=0), help="Tile size in input pixels; 0 = whole image. Default: from free memory.")
+@click.option(
+    "--overlap", type=click.IntRange(min=0), help="Context around each tile in input pixels. Default: the model's receptive field."
+)
+@click.option("--batch", type=click.IntRange(min=1), help="Tiles per forward call. Default: from free memory.")
+@click.option("-r", "--recursive", is_flag=True, help="Descend into subfolders; outputs mirror the input tree under -o.")
+@click.option("--suffix", help="Added to output names. Default: _x{scale}.")
+@click.option("--format", "fmt", type=click.Choice(["same", *FORMATS]), default="same", show_default=True, help="Output format.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality.")
+@click.option("--skip-existing/--overwrite", default=True, show_default=True, help="Leave existing outputs alone, or replace them.")
+@click.option(
+    "--alpha",
+    "alpha_mode",
+    type=click.Choice(["model", "bicubic"]),
+    default="model",
+    show_default=True,
+    help="Upscale transparency with the model or with bicubic resampling.",
+)
+@click.option("--allow-large", is_flag=True, help="Accept images over the 100-megapixel decompression-bomb limit.")
+@device_options
+@click.option("-v", "--verbose", is_flag=True, help="Say which model, scale plan and tiling are used.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def upscale(
+    inputs,
+    output,
+    model_ref,
+    scale,
+    tile,
+    overlap,
+    batch,
+    recursive,
+    suffix,
+    fmt,
+    quality,
+    skip_existing,
+    alpha_mode,
+    allow_large,
+    device,
+    precision,
+    verbose,
+    quiet,
+    as_json,
+) -> None:
+    """Upscale images: files, folders and globs, tiled seamlessly, with nothing lost from the file."""
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    loaded, plan = load_for_scale(model_ref, scale, device=dev, dtype=dtype, progress=not (quiet or as_json))
+    network = loaded.network
+    if tile is None:
+        tiles = auto_plan(network, loaded.scale, dev, dtype, overlap)
+        tiles = TilePlan(tiles.tile, tiles.overlap, batch or tiles.batch)
+    else:
+        tiles = TilePlan(tile, default_overlap(network) if overlap is None else overlap, batch or 1)
+    upscaler = Upscaler(network, loaded.scale, tiles)
+    settings = Settings(plan, fmt=fmt, quality=quality, alpha_mode=alpha_mode, overwrite=not skip_existing, allow_large=allow_large)
+    jobs = plan_batch(
+        inputs, out=output, recursive=recursive, suffix=suffix if suffix is not None else f"_x{format_scale(plan.target)}", fmt=fmt
+    )
+    if verbose and not as_json:
+        tiling = "whole image" if tiles.tile == 0 else f"tiles of {tiles.tile} px, overlap {tiles.overlap}, up to {tiles.batch} per call"
+        stderr.print(
+            f"model {loaded.name} ({loaded.arch}, {loaded.params:,} params) on {dev} in {str(dtype).removeprefix('torch.')}",
+            highlight=False,
+        )
+        stderr.print(f"scale x{format_scale(plan.target)}: {plan.describe()}; {tiling}", highlight=False)
+
+    outcomes = list(jobs.failures)
+    for failure in jobs.failures:
+        if not as_json:
+            fail(failure.error)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
+        files = progress.add_task("files", total=len(jobs.tasks))
+        tiles_task = progress.add_task("tiles", total=None, visible=False)
+        for task in jobs.tasks:
+            progress.update(files, description=f"{task.source.name}")
+
+            def start(total: int) -> None:
+                progress.reset(tiles_task, total=total, visible=total > 1, description="  tiles")
+
+            outcome = process(task, upscaler, settings, on_start=start, on_tile=lambda n: progress.advance(tiles_task, n))
+            outcomes.append(outcome)
+            if outcome.status == "failed" and not as_json:
+                progress.console.print(f"[bold red]failed:[/] {outcome.error}", highlight=False)
+            elif outcome.status == "skipped" and verbose and not as_json:
+                progress.console.print(f"skipped: {outcome.error}", highlight=False)
+            progress.advance(files)
+
+    done = [o for o in outcomes if o.status == "done"]
+    skipped = [o for o in outcomes if o.status == "skipped"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    seconds = time.perf_counter() - started
+    if as_json:
+        print_json(
+            {
+                "model": loaded.name,
+                "scale": plan.target,
+                "plan": plan.describe(),
+                "inputs": len(jobs.tasks) + len(jobs.failures),
+                "outputs": [{"input": str(o.source), "output": str(o.output), "seconds": round(o.seconds, 3)} for o in done],
+                "skipped": [{"input": str(o.source), "output": str(o.output)} for o in skipped],
+                "failures": [{"input": str(o.source), "error": o.error} for o in failed],
+                "retries": upscaler.retries,
+                "seconds": round(seconds, 3),
+            }
+        )
+    elif not quiet or failed:
+        summary = f"{len(done)} upscaled, {len(skipped)} skipped, {len(failed)} failed in {seconds:.1f} s"
+        stderr.print(summary if not failed else f"[bold red]{summary}[/]", highlight=False)
+        if len(failed) > 1:
+            for o in failed:
+                stderr.print(f"  {o.error}", highlight=False, markup=False)
+    if failed:
+        raise SystemExit(1)

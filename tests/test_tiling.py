@@ -1,0 +1,155 @@
+"""Tiled inference: seamless, bounded, and robust to out-of-memory and half-precision overflow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TRAIN_DATA, WEIGHTS, need
+from PIL import Image
+from torch import nn
+
+from esrcli.registry import place
+from esrcli.tiling import TilePlan, Upscaler, auto_plan, default_overlap, ramp, spans
+from esrcli.weights import load_network
+
+
+def photo(width: int = 1000, height: int = 640) -> np.ndarray:
+    folder = need(TRAIN_DATA / "Photos2K", "a real photo is needed for the seam test")
+    image = Image.open(sorted(folder.iterdir())[0]).convert("RGB")
+    assert image.width >= width and image.height >= height
+    return np.asarray(image)[:height, :width].copy()
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+def run(upscaler: Upscaler, pixels: np.ndarray, dtype=None) -> np.ndarray:
+    h, w, c = pixels.shape
+    out = np.empty((h * upscaler.scale, w * upscaler.scale, c), dtype or pixels.dtype)
+    return upscaler.upscale(pixels, out)
+
+
+@pytest.mark.parametrize("weights", ["span_tiny_ch26_x4_ntire24_team39.pth", "espan_x4_ntire25_team36.pth"])
+def test_tiled_output_is_seamless(weights):
+    network = place(load_network(need(WEIGHTS / weights, "released weights")), "cpu", torch.float32)
+    image = photo()
+    overlap = default_overlap(network)
+    whole = run(Upscaler(network, 4, TilePlan(0, overlap, 1)), image)
+    tiled = run(Upscaler(network, 4, TilePlan(192, overlap, 3)), image)
+    diff = np.abs(whole.astype(int) - tiled.astype(int))
+    assert diff.max() <= 2, f"max |diff| {diff.max()}/255"
+    assert psnr(whole, tiled) >= 50.0
+
+
+def test_without_overlap_seams_show():
+    """The seam test above can fail: with no context the tile borders differ visibly."""
+    network = place(load_network(need(WEIGHTS / "span_tiny_ch26_x4_ntire24_team39.pth", "released weights")), "cpu", torch.float32)
+    image = photo(400, 300)
+    whole = run(Upscaler(network, 4, TilePlan(0, 0, 1)), image)
+    tiled = run(Upscaler(network, 4, TilePlan(100, 0, 1)), image)
+    assert np.abs(whole.astype(int) - tiled.astype(int)).max() > 2
+
+
+def test_spans_cover_exactly_and_ramps_sum_to_one():
+    for length, tile in [(1000, 192), (17, 5), (64, 64), (10, 0), (7, 100)]:
+        s = spans(length, tile)
+        assert s[0][0] == 0 and s[-1][1] == length
+        assert all(a[1] == b[0] for a, b in zip(s, s[1:]))
+        assert len({b - a for a, b in s[:-1]}) <= 1  # equal cores batch together
+    r = ramp(40, 16, False, False)
+    # Two neighbours overlapping by the ramp length add up to exactly one.
+    assert np.allclose(r[-16:] + r[:16], 1.0, atol=1e-6)
+    assert ramp(10, 4, True, True).min() == 1.0  # 1 at the image border
+
+
+class FailsOnce(nn.Module):
+    """A network that raises the real out-of-memory type the first time it sees a big enough input."""
+
+    def __init__(self, inner: nn.Module, min_pixels: int) -> None:
+        super().__init__()
+        self.inner, self.min_pixels, self.failed = inner, min_pixels, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] * x.shape[-1] * x.shape[-2] >= self.min_pixels and self.failed == 0:
+            self.failed += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return self.inner(x)
+
+
+def small_span() -> nn.Module:
+    """SPAN-tiny's real weights (x4): random networks are chaotic and exaggerate tile differences."""
+    return load_network(need(WEIGHTS / "span_tiny_ch26_x4_ntire24_team39.pth", "released weights"))
+
+
+def test_out_of_memory_halves_the_tile_and_matches():
+    image = photo(120, 90)
+    reference = run(Upscaler(small_span(), 4, TilePlan(64, 21, 1)), image)
+    flaky = FailsOnce(small_span(), min_pixels=50 * 50)
+    upscaler = Upscaler(flaky, 4, TilePlan(64, 21, 1))
+    out = run(upscaler, image)
+    assert flaky.failed == 1 and upscaler.retries["oom"] == 1
+    assert np.abs(out.astype(int) - reference.astype(int)).max() <= 1
+
+
+def test_out_of_memory_on_a_batch_splits_the_batch():
+    image = photo(200, 60)
+    reference = run(Upscaler(small_span(), 4, TilePlan(50, 21, 1)), image)
+    flaky = FailsOnce(small_span(), min_pixels=2 * 60 * 60)  # only a batch of two or more is too big
+    upscaler = Upscaler(flaky, 4, TilePlan(50, 21, 4))
+    out = run(upscaler, image)
+    assert flaky.failed == 1
+    assert np.abs(out.astype(int) - reference.astype(int)).max() <= 1
+
+
+class OverflowsInHalf(nn.Module):
+    """Returns inf in reduced precision, like an fp16 activation overflow."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        return y if x.dtype == torch.float32 else y * float("inf")
+
+
+def test_non_finite_half_precision_tiles_are_recomputed_in_fp32():
+    image = photo(50, 40)
+    reference = run(Upscaler(small_span(), 4, TilePlan(0, 21, 1)), image)
+    upscaler = Upscaler(OverflowsInHalf(small_span()).to(torch.bfloat16), 4, TilePlan(24, 21, 1))
+    out = run(upscaler, image)
+    assert upscaler.retries["fp32"] >= 1
+    assert np.abs(out.astype(int) - reference.astype(int)).max() <= 1
+
+
+def test_sixteen_bit_never_passes_through_eight_bits():
+    net = small_span()
+    rng = np.random.default_rng(3)
+    image = (np.asarray(Image.fromarray(photo(40, 30)).convert("RGB")).astype(np.uint16) * 257 + rng.integers(0, 257, (30, 40, 3))).astype(
+        np.uint16
+    )
+    out = run(Upscaler(net, 4, TilePlan(0, 21, 1)), image)
+    with torch.no_grad():
+        exact = net(torch.from_numpy(image.astype(np.float32) / 65535).permute(2, 0, 1)[None]).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    assert out.dtype == np.uint16
+    err = np.abs(out.astype(np.float64) / 65535 - exact)
+    assert err.max() < 4 / 65535  # far below one 8-bit level (257/65535)
+    assert len(np.unique(out % 257)) > 200  # values between 8-bit levels are used
+
+
+def test_grey_runs_replicated_and_averaged():
+    net = small_span()
+    grey = photo(24, 20)[..., :1].copy()
+    out = run(Upscaler(net, 4, TilePlan(0, 21, 1)), grey)
+    rgb = run(Upscaler(net, 4, TilePlan(0, 21, 1)), np.repeat(grey, 3, axis=2))
+    assert out.shape == (80, 96, 1)
+    assert np.abs(out[..., 0].astype(int) - np.rint(rgb.mean(axis=2)).astype(int)).max() <= 1
+
+
+def test_auto_plan_is_sane_on_this_machine():
+    net = small_span()
+    plan = auto_plan(net, 4, torch.device("cpu"), torch.float32)
+    assert 64 <= plan.tile <= 512 and plan.batch >= 1 and plan.overlap == default_overlap(net)
