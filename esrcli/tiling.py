@@ -28,7 +28,8 @@ OutOfMemory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 ReadFn = Callable[[int, int, int, int], np.ndarray]
 """read(y0, y1, x0, x1) -> float32 (h, w, C) in [0, 1]: an LR window of the source."""
 WriteFn = Callable[[int, int, np.ndarray], None]
-"""write(row0, row1, rows): finished output rows, float32 (rows, W*s, C) in [0, 1]."""
+"""write(row0, row1, rows): finished output rows, float32 (rows, W*s, C) in [0, 1]; `rows` is a
+view of the strip buffer, valid only during the call (it may be modified in place)."""
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,12 @@ def auto_plan(network: nn.Module, scale: int, device: torch.device, dtype: torch
     per_pixel = torch.finfo(dtype).bits // 8 * (12 * widest + 2 * 3 * scale * scale)
     share = 0.25 if device.type == "cpu" else 0.5
     pixels = available_memory(device) * share / per_pixel
-    cap = 512 if device.type == "cpu" else 2048  # CPU gains nothing from bigger tiles; memory stays small
-    tile = int(max(64, min(cap, math.isqrt(int(pixels)) - 2 * overlap)))
-    batch = int(max(1, min(16 if device.type != "cpu" else 4, pixels // (tile + 2 * overlap) ** 2)))
+    if device.type == "cpu":
+        # Measured (benchmarks/upscale.py): tiles of 256-512 run fastest on a CPU and batching
+        # slows it down, so take the small end and one tile per call: memory stays small.
+        return TilePlan(int(max(64, min(256, math.isqrt(int(pixels)) - 2 * overlap))), overlap, 1)
+    tile = int(max(64, min(2048, math.isqrt(int(pixels)) - 2 * overlap)))
+    batch = int(max(1, min(16, pixels // (tile + 2 * overlap) ** 2)))
     return TilePlan(tile, overlap, batch)
 
 
@@ -131,34 +135,42 @@ def blend_tiles(
     ov, s = plan.overlap, scale
     rows, cols = spans(height, plan.tile), spans(width, plan.tile)
     out_w = width * s
-    acc = np.zeros((0, out_w, channels), np.float32)
-    wsum = np.zeros((0, out_w, 1), np.float32)
-    acc_top = 0  # output row of acc[0]
+    # One strip buffer for the whole run: the tallest tile row plus the band it shares with the last.
+    strip = max(min(height, y1 + ov) - max(0, y0 - ov) for y0, y1 in rows) * s
+    acc = np.zeros((strip, out_w, channels), np.float32)
+    wsum = np.zeros((strip, out_w, 1), np.float32)
+    top = 0  # output row held in acc[0]
+    filled = 0  # rows of acc in use
     for r, (y0, y1) in enumerate(rows):
         ey0, ey1 = max(0, y0 - ov), min(height, y1 + ov)
-        grow = ey1 * s - (acc_top + acc.shape[0])
-        if grow > 0:
-            acc = np.concatenate([acc, np.zeros((grow, out_w, channels), np.float32)])
-            wsum = np.concatenate([wsum, np.zeros((grow, out_w, 1), np.float32)])
+        need = ey1 * s - top
+        acc[filled:need] = 0.0
+        wsum[filled:need] = 0.0
+        filled = need
         wy = ramp((ey1 - ey0) * s, 2 * ov * s, ey0 == 0, ey1 == height)[:, None, None]
+        offset = ey0 * s - top
         boxes = [(ey0, ey1, max(0, x0 - ov), min(width, x1 + ov)) for x0, x1 in cols]
         for group in _batches(boxes, plan.batch):
             x = torch.from_numpy(np.stack([read(*b) for b in group])).permute(0, 3, 1, 2)
             y = infer(x).permute(0, 2, 3, 1).numpy()
             for (_, _, bx0, bx1), tile_out in zip(group, y):
-                wx = ramp((bx1 - bx0) * s, 2 * ov * s, bx0 == 0, bx1 == width)[None, :, None]
-                weight = wy * wx
-                top = ey0 * s - acc_top
-                acc[top : top + tile_out.shape[0], bx0 * s : bx1 * s] += tile_out * weight
-                wsum[top : top + tile_out.shape[0], bx0 * s : bx1 * s] += weight
+                weight = wy * ramp((bx1 - bx0) * s, 2 * ov * s, bx0 == 0, bx1 == width)[None, :, None]
+                region = np.s_[offset : offset + tile_out.shape[0], bx0 * s : bx1 * s]
+                acc[region] += tile_out * weight
+                wsum[region] += weight
             if on_tile:
                 on_tile(len(group))
-        done = (rows[r + 1][0] - ov) * s if r + 1 < len(rows) else height * s
-        done = max(done, acc_top)
-        n = done - acc_top
-        if n > 0:
-            write(acc_top, done, acc[:n] / np.maximum(wsum[:n], 1e-12))
-            acc, wsum, acc_top = acc[n:], wsum[n:], done
+        # Rows above the next tile row's reach are final: normalise them in place and hand them on.
+        done = max((rows[r + 1][0] - ov) * s if r + 1 < len(rows) else height * s, top)
+        n = done - top
+        for c0 in range(0, n, 64):  # in chunks, so no strip-sized temporaries
+            c1 = min(n, c0 + 64)
+            acc[c0:c1] /= np.maximum(wsum[c0:c1], 1e-12)
+            write(top + c0, top + c1, acc[c0:c1])
+        acc[: filled - n] = acc[n:filled]
+        wsum[: filled - n] = wsum[n:filled]
+        filled -= n
+        top = done
 
 
 def _batches(boxes: list[tuple[int, int, int, int]], limit: int) -> list[list[tuple[int, int, int, int]]]:
@@ -261,7 +273,9 @@ class Upscaler:
             return pixels[y0:y1, x0:x1].astype(np.float32) / in_max
 
         def write(r0: int, r1: int, rows: np.ndarray) -> None:
-            out[r0:r1] = np.rint(rows * out_max)
+            rows *= out_max  # the strip buffer is the caller's to reuse: scale in place
+            np.rint(rows, out=rows)
+            out[r0:r1] = rows
 
         blend_tiles(read, write, self.infer, height=h, width=w, channels=c, scale=self.scale, plan=self.plan, on_tile=on_tile)
         return out
