@@ -60,13 +60,14 @@ def evaluate_set(
     with_ssim: bool = True,
     on_image: Callable[[Path], None] | None = None,
 ) -> SetScore:
-    """Mean PSNR/SSIM over a set's HR/ images; LR from LR_bicubic/X{s}/ or made with MATLAB bicubic.
+    """Mean PSNR/SSIM over a set's HR/ images (or a plain folder of images); LR from
+    LR_bicubic/X{s}/ or made with MATLAB bicubic.
 
     `with_ssim=False` skips SSIM (NaN) where only PSNR is wanted: it costs more than the network.
     """
-    hr_dir = set_dir / "HR"
+    hr_dir = set_dir / "HR" if (set_dir / "HR").is_dir() else set_dir
     if not hr_dir.is_dir():
-        raise FileNotFoundError(f"{set_dir}: no HR/ folder (a benchmark set holds HR/ and optionally LR_bicubic/X{scale}/)")
+        raise FileNotFoundError(f"{set_dir}: not a folder (a set holds HR/ and optionally LR_bicubic/X{scale}/, or just images)")
     paths = list_images(hr_dir)[:limit]
     if not paths:
         raise FileNotFoundError(f"{hr_dir}: no images")

@@ -30,7 +30,10 @@ class ESA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         c1_ = self.conv1(x)
-        c1 = self.conv2(c1_)
+        if min(x.shape[-2:]) < 17:  # too small for the strided branch (the original crashes): pad it
+            c1 = self.conv2(F.pad(c1_, (0, max(0, 17 - x.shape[-1]), 0, max(0, 17 - x.shape[-2])), mode="replicate"))
+        else:
+            c1 = self.conv2(c1_)
         v = F.max_pool2d(c1, kernel_size=7, stride=3)
         v = F.relu(self.conv_max(v))
         c3 = F.relu(self.conv3(v))

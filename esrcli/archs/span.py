@@ -171,12 +171,24 @@ class ESPAN(SRNet):
         self.tea_conv_cat = nn.Conv2d(4 * c, c, 1)
         self.tea_upsampler = nn.Sequential(rep_conv(c, 3 * scale * scale, form), nn.PixelShuffle(scale))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, depths: Sequence[int] | None = None) -> Tensor | tuple[Tensor, ...]:
+        """The output; with `depths`, one output per backbone depth, sharing the blocks' work.
+
+        Self-distillation trains the student (fewer blocks) and the deeper teacher through the
+        same tail in one pass: `depths=(student, teacher)`.
+        """
         f0 = self.conv_1(x)
         b1, _ = self.block_1(f0)
+        taps = {1: b1}
         b = b1
-        for i in range(2, self.n_blocks + 1):
+        for i in range(2, max(depths or (self.n_blocks,)) + 1):
             b, _ = getattr(self, f"block_{i}")(b)
+            taps[i] = b
+        if depths is None:
+            return self._tail(f0, b1, b)
+        return tuple(self._tail(f0, b1, taps[d]) for d in depths)
+
+    def _tail(self, f0: Tensor, b1: Tensor, b: Tensor) -> Tensor:
         b6, _ = self.teacher_block_seq(b)
         out = self.tea_conv_2(b6)
         return self.tea_upsampler(self.tea_conv_cat(torch.cat([f0, out, b1, b6], dim=1)))

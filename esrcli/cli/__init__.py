@@ -8,6 +8,7 @@ from .. import __version__
 from .bench import bench
 from .common import EsrGroup
 from .models import models
+from .train import export, train
 from .upscale import upscale
 
 EPILOG = """\b
@@ -29,3 +30,5 @@ def main() -> None:
 main.add_command(models)
 main.add_command(bench)
 main.add_command(upscale)
+main.add_command(train)
+main.add_command(export)

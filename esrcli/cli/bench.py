@@ -56,7 +56,7 @@ def quality(model_ref, data_dirs, scale, metric, crop, limit, device, precision,
     """PSNR and SSIM of a model on benchmark sets, with the papers' protocol."""
     loaded = open_model(model_ref, device, precision, scale=scale, progress=not (quiet or as_json))
     results = {}
-    total = sum(len(list_images(d / "HR")[:limit]) if (d / "HR").is_dir() else 0 for d in data_dirs)
+    total = sum(len(list_images(d / "HR" if (d / "HR").is_dir() else d)[:limit]) for d in data_dirs)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
         task = progress.add_task(f"{loaded.name} x{loaded.scale}", total=total)

@@ -16,6 +16,8 @@ from ..archs import UnknownArchitecture
 from ..device import DeviceError, resolve_device, resolve_precision
 from ..download import DownloadError
 from ..registry import LoadedModel, RegistryError, load_model
+from ..train.config import ConfigError
+from ..train.trainer import TrainingError
 from ..upscale import ScaleError
 from ..weights import WeightsError
 
@@ -27,6 +29,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DownloadError,
     RegistryError,
     ScaleError,
+    ConfigError,
+    TrainingError,
     WeightsError,
     UnknownArchitecture,
     FileNotFoundError,

@@ -1,0 +1,203 @@
+"""`esr train` and `esr export`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..train.config import ConfigError, TrainConfig
+from ..train.trainer import CONFIG, Trainer, TrainingError
+from .common import RateColumn, print_json, stderr, stdout
+
+EXAMPLES = """\b
+Examples:
+  esr train --arch span --channels 26 --scale 4 --data photos/ --val val/ --out runs/span26
+  esr train --config run.toml --out runs/a --set optim.lr=5e-4 --set run.steps=200000
+  esr train --resume runs/span26                        continue after Ctrl-C or a crash
+  torchrun --nproc-per-node 2 -m esrcli train --config run.toml --out runs/ddp
+  esr export runs/span26 --out span26_x4.safetensors    plain fused weights for -m
+"""
+
+
+def resolve_config(
+    config, resume, arch, channels, scale, form, data, val, steps, batch, lr_patch, lr, device, amp, seed, workers, settings
+) -> TrainConfig:
+    """File, then the run's own config when resuming, then flags, then --set: later wins."""
+    if resume is not None:
+        cfg = TrainConfig.from_toml(resume / CONFIG)
+    elif config is not None:
+        cfg = TrainConfig.from_toml(config)
+    else:
+        cfg = TrainConfig()
+    flags = {
+        "model.arch": arch,
+        "model.scale": scale,
+        "model.form": form,
+        "data.val": val,
+        "run.steps": steps,
+        "data.batch": batch,
+        "data.lr_patch": lr_patch,
+        "optim.lr": lr,
+        "run.device": device,
+        "run.amp": amp,
+        "run.seed": seed,
+        "data.workers": workers,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            cfg.set(key, value, "command line")
+    if data:
+        cfg.data.train = [str(d) for d in data]
+    if channels is not None:
+        cfg.model.args["channels"] = channels
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+        cfg.set(key.strip(), value.strip(), "--set")
+    return cfg
+
+
+def run_training(trainer: Trainer, quiet: bool) -> None:
+    """The live view: step, loss, lr, it/s, ETA and the last validation PSNR."""
+    columns = (
+        TextColumn("step"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeRemainingColumn(),
+        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  val {task.fields[psnr]}"),
+    )
+    with Progress(*columns, console=stderr, disable=quiet) as progress:
+        task = progress.add_task("train", total=trainer.cfg.run.steps, completed=trainer.step, loss="-", lr="-", psnr="-")
+
+        def on_event(event: dict) -> None:
+            kind = event["kind"]
+            if kind == "step":
+                progress.update(task, completed=event["step"], loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
+            elif kind == "val":
+                progress.update(task, psnr=f"{event['psnr']:.2f} dB")
+                progress.console.print(
+                    f"step {event['step']}: validation PSNR {event['psnr']:.3f} dB, SSIM {event['ssim']:.4f}", highlight=False
+                )
+            elif kind == "start" and not quiet:
+                progress.console.print(
+                    f"training on {event['images']} images, {event['world']} process(es), from step {event['step']}", highlight=False
+                )
+            elif kind == "interrupted":
+                progress.console.print(
+                    f"interrupted: checkpoint saved at step {event['step']}; continue with esr train --resume {trainer.run_dir}",
+                    highlight=False,
+                )
+
+        trainer.fit(on_event)
+
+
+@click.command(epilog=EXAMPLES)
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A TOML run config (sections model, data, loss, optim, run, recipe).",
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="The run folder (checkpoints, metrics.jsonl, config.toml).")
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Continue the run in this folder from its last checkpoint.",
+)
+@click.option("--arch", type=click.Choice(["span", "efdn", "espan", "spanf"]), help="Architecture.")
+@click.option("--channels", type=int, help="Feature channels.")
+@click.option("--scale", type=int, help="Upscaling factor.")
+@click.option(
+    "--form", type=click.Choice(["train", "fused"]), help="train: re-parameterisable branches (fused at export); fused: plain convs."
+)
+@click.option(
+    "--data",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Training images (repeatable); a folder with HR/ and LR_bicubic/X{s}/ is used as pairs.",
+)
+@click.option("--val", type=click.Path(exists=True, file_okay=False), help="Validation images or set folder.")
+@click.option("--steps", type=int, help="Total optimisation steps.")
+@click.option("--batch", type=int, help="Batch size per process.")
+@click.option("--lr-patch", type=int, help="LR crop size.")
+@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--workers", type=int, help="DataLoader workers.")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), help="Mixed precision.")
+@click.option("--seed", type=int)
+@click.option(
+    "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set loss.gv=1 --set optim.schedule=multistep."
+)
+@click.option("--print-config", is_flag=True, help="Print the resolved config as TOML and exit.")
+@click.option("--quiet", is_flag=True, help="No live view.")
+def train(
+    config,
+    out,
+    resume,
+    arch,
+    channels,
+    scale,
+    form,
+    data,
+    val,
+    steps,
+    batch,
+    lr_patch,
+    lr,
+    workers,
+    device,
+    amp,
+    seed,
+    settings,
+    print_config,
+    quiet,
+) -> None:
+    """Train SPAN, EFDN, ESPAN or SPAN-F from images; export plain fused weights with esr export."""
+    try:
+        cfg = resolve_config(
+            config, resume, arch, channels, scale, form, data, val, steps, batch, lr_patch, lr, device, amp, seed, workers, settings
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if print_config:
+        stdout.print(cfg.to_toml(), highlight=False, markup=False)
+        return
+    run_dir = resume or out
+    if run_dir is None:
+        raise click.UsageError("pass --out RUN_DIR (or --resume RUN_DIR)")
+    if resume is None and (run_dir / "checkpoint.pt").exists():
+        raise click.UsageError(f"{run_dir} already holds a run: use --resume {run_dir} or another --out")
+    if not cfg.data.train:
+        raise click.UsageError("no training data: pass --data DIR or set data.train in the config")
+    trainer = Trainer(cfg, run_dir, resume=resume is not None)
+    try:
+        run_training(trainer, quiet)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    finally:
+        trainer.close()
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The .safetensors file to write.")
+@click.option("--fp16", is_flag=True, help="Store half-precision weights (half the size).")
+@click.option("--raw", is_flag=True, help="Export the raw weights instead of their EMA.")
+@click.option("--json", "as_json", is_flag=True)
+def export(run_dir: Path, out: Path, fp16: bool, raw: bool, as_json: bool) -> None:
+    """Write a run's weights as plain fused safetensors that -m loads anywhere."""
+    from ..train.export import export_run
+
+    path = export_run(run_dir, out, dtype=torch.float16 if fp16 else torch.float32, use_ema=not raw)
+    if as_json:
+        print_json({"run": str(run_dir), "out": str(path), "bytes": path.stat().st_size})
+    else:
+        stdout.print(f"{path} ({path.stat().st_size:,} bytes)", highlight=False)
+
+
+__all__ = ["train", "export", "TrainingError"]

@@ -1,0 +1,1 @@
+"""Training and finetuning: configs, data, losses, the shared loop and export."""

@@ -1,0 +1,111 @@
+"""Training data: random HR crops, flips and 90-degree turns, LR made on the fly with MATLAB bicubic.
+
+Every sample is a pure function of (seed, rank, global sample index), so a resumed run sees
+exactly the batches an uninterrupted one would have seen, with any number of workers.
+Decoded images are cached in memory once, before the workers fork, and shared with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..bench import find_lr, list_images
+from ..imresize import imresize
+from ..metrics import load_rgb
+
+MARGIN = 2  # LR pixels of context resized with each crop, then cut away: MATLAB's border handling stays out of the patch
+
+
+@dataclass
+class Source:
+    """One training image: HR pixels and, for paired folders, its LR counterpart."""
+
+    hr: np.ndarray
+    lr: np.ndarray | None = None
+
+
+def load_sources(folders: list[str], scale: int) -> list[Source]:
+    """Every image of every folder, decoded once. A folder with HR/ (and LR_bicubic/X{s}/) is paired."""
+    sources: list[Source] = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: training data folder not found")
+        if (folder / "HR").is_dir():
+            for path in list_images(folder / "HR"):
+                lr_path = find_lr(folder, path, scale)
+                sources.append(Source(load_rgb(path), load_rgb(lr_path) if lr_path else None))
+        else:
+            sources.extend(Source(load_rgb(p)) for p in list_images(folder))
+    if not sources:
+        raise FileNotFoundError(f"no training images in {', '.join(folders)}")
+    return sources
+
+
+class PatchDataset(Dataset):
+    """Index i -> (lr, hr) float tensors in [0, 1], drawn with an RNG seeded by (seed, rank, i)."""
+
+    def __init__(self, sources: list[Source], scale: int, lr_patch: int, seed: int = 0, rank: int = 0) -> None:
+        self.sources, self.scale, self.lr_patch, self.seed, self.rank = sources, scale, lr_patch, seed, rank
+        usable = [s for s in sources if min(s.hr.shape[:2]) >= (lr_patch + 2 * MARGIN) * scale]
+        if not usable:
+            raise ValueError(f"every training image is smaller than an HR patch of {(lr_patch + 2 * MARGIN) * scale} px")
+        self.sources = usable
+        areas = np.array([s.hr.shape[0] * s.hr.shape[1] for s in usable], dtype=np.float64)
+        self.weights = areas / areas.sum()  # big photos hold more distinct patches: sample them more
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.rank, index])
+        source = self.sources[rng.choice(len(self.sources), p=self.weights)]
+        s, p = self.scale, self.lr_patch
+        if source.lr is not None:
+            lh, lw = source.lr.shape[:2]
+            y, x = rng.integers(0, lh - p + 1), rng.integers(0, lw - p + 1)
+            lr = torch.from_numpy(source.lr[y : y + p, x : x + p].copy()).permute(2, 0, 1).float() / 255
+            hr = torch.from_numpy(source.hr[y * s : (y + p) * s, x * s : (x + p) * s].copy()).permute(2, 0, 1).float() / 255
+        else:
+            big = (p + 2 * MARGIN) * s
+            h, w = source.hr.shape[:2]
+            y, x = rng.integers(0, h - big + 1), rng.integers(0, w - big + 1)
+            crop = torch.from_numpy(source.hr[y : y + big, x : x + big].copy()).permute(2, 0, 1).to(torch.float64) / 255
+            small = imresize(crop, scale=1 / s)
+            lr = (small * 255).round().clamp(0, 255)[:, MARGIN:-MARGIN, MARGIN:-MARGIN].float() / 255  # as stored LR files are
+            hr = crop[:, MARGIN * s : -MARGIN * s, MARGIN * s : -MARGIN * s].float()
+        turns, flip = int(rng.integers(4)), bool(rng.integers(2))
+        lr, hr = (torch.rot90(t, turns, dims=(1, 2)) for t in (lr, hr))
+        if flip:
+            lr, hr = lr.flip(-1), hr.flip(-1)
+        return lr.contiguous(), hr.contiguous()
+
+
+class StepSampler(Sampler[int]):
+    """Sample indices for steps [start, stop): batch b of step t holds indices t*batch .. t*batch+batch-1."""
+
+    def __init__(self, start: int, stop: int, batch: int) -> None:
+        self.start, self.stop, self.batch = start, stop, batch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start * self.batch, self.stop * self.batch))
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * self.batch
+
+
+def make_loader(dataset: PatchDataset, start: int, stop: int, batch: int, workers: int) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=StepSampler(start, stop, batch),
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+        drop_last=True,
+    )

@@ -1,0 +1,377 @@
+"""The training loop shared by `esr train` and `esr finetune-lora`.
+
+A run lives in one folder: config.toml, checkpoint.pt (model, EMA, optimizer, scheduler,
+scaler and RNG state, written atomically), metrics.jsonl, and tb/ when tensorboard is
+installed. Under torchrun every rank trains on its own samples through
+DistributedDataParallel; rank 0 alone validates, logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..archs import SRNet, build
+from ..bench import evaluate_set
+from ..device import resolve_device
+from .config import TrainConfig
+from .data import PatchDataset, load_sources, make_loader
+from .losses import build_loss
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
+
+Event = dict[str, Any]
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size): torchrun's environment, or a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Multiplier of the base learning rate at `step`: linear warm-up, then cosine or multistep."""
+    o = cfg.optim
+    if o.warmup and step < o.warmup:
+        return (step + 1) / o.warmup
+    if o.schedule == "cosine":
+        span = max(1, cfg.run.steps - o.warmup)
+        progress = min(1.0, (step - o.warmup) / span)
+        floor = o.min_lr / o.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if o.schedule == "multistep":
+        return o.gamma ** sum(step >= m for m in o.milestones)
+    raise TrainingError(f"unknown schedule '{o.schedule}' (cosine or multistep)")
+
+
+def extra_blocks_at(cfg: TrainConfig, step: int) -> int:
+    """ESPAN self-distillation: how many teacher blocks remain at `step` (deeper, then shrink)."""
+    r = cfg.recipe
+    every = r.shrink_every or max(1, cfg.run.steps // (r.extra_blocks + 1))
+    return max(0, r.extra_blocks - step // every)
+
+
+def student_depth(cfg: TrainConfig) -> int | None:
+    return cfg.model.args.get("n_blocks", 5) if cfg.recipe.name == "espan-sd" else None
+
+
+def build_network(cfg: TrainConfig) -> SRNet:
+    """The training network; for ESPAN self-distillation, with the teacher's extra blocks."""
+    args = dict(cfg.model.args)
+    if cfg.recipe.name == "espan-sd":
+        if cfg.model.arch != "espan":
+            raise TrainingError('the espan-sd recipe trains ESPAN: set model.arch = "espan"')
+        args["n_blocks"] = args.get("n_blocks", 5) + cfg.recipe.extra_blocks
+    elif cfg.recipe.name != "plain":
+        raise TrainingError(f"unknown recipe '{cfg.recipe.name}' (plain or espan-sd)")
+    return build(cfg.model.arch, form=cfg.model.form, scale=cfg.model.scale, **args)
+
+
+class AtDepth(nn.Module):
+    """An ESPAN evaluated at one backbone depth (the student during self-distillation)."""
+
+    def __init__(self, network: nn.Module, depth: int) -> None:
+        super().__init__()
+        self.network, self.depth = network, depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x, depths=(self.depth,))[0]
+
+
+def digest(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """One run: builds everything from a config, trains, validates, checkpoints and resumes."""
+
+    def __init__(
+        self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, network: nn.Module | None = None, loss_hook: Callable | None = None
+    ) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        self.device = resolve_device(cfg.run.device)
+        self.rank, self.world = init_distributed(self.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        self.main = self.rank == 0
+        self.amp = self._amp_dtype()
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+        self.network = (network if network is not None else build_network(cfg)).to(self.device)
+        if cfg.run.channels_last and self.device.type != "mps":
+            self.network = self.network.to(memory_format=torch.channels_last)
+        self.trainable = [p for p in self.network.parameters() if p.requires_grad]
+        self.ema = copy.deepcopy(self.network).eval().requires_grad_(False) if cfg.optim.ema else None
+        self.model: nn.Module = self.network
+        if self.world > 1:
+            unused = cfg.recipe.name == "espan-sd"
+            # The buffers are constants (SPAN's mean, EDBB's masks): no running statistics to broadcast.
+            self.model = nn.parallel.DistributedDataParallel(self.network, find_unused_parameters=unused, broadcast_buffers=False)
+        self.optimizer = self._optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(cfg, step))
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+        self.loss_fn = build_loss(cfg.loss)
+        self.loss_hook = loss_hook  # extra terms (finetune-lora's distillation): (lr, sr, hr) -> (loss, parts)
+        self.step = 0
+        if resume:
+            self.load()
+        self.tb = self._tensorboard()
+
+    # --- setup ----------------------------------------------------------------------------
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.cfg.run.amp
+        if amp == "none":
+            return None
+        if amp == "fp16" and self.device.type != "cuda":
+            raise TrainingError('fp16 mixed precision needs CUDA: use run.amp = "bf16" on this device')
+        if amp not in ("bf16", "fp16"):
+            raise TrainingError(f"unknown run.amp '{amp}' (none, bf16 or fp16)")
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+        if o.name not in kinds:
+            raise TrainingError(f"unknown optimizer '{o.name}' (adam or adamw)")
+        if not self.trainable:
+            raise TrainingError("the network has no trainable parameters")
+        return kinds[o.name](self.trainable, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+    def _tensorboard(self) -> Any:
+        if not self.main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # optional: pip install "esrcli[tensorboard]"
+            return None
+        return SummaryWriter(str(self.run_dir / "tb"))
+
+    # --- state ----------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.network.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "torch_rng": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def save(self) -> None:
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_atomic(self.state(), self.run_dir / CHECKPOINT)
+        if self.world > 1:
+            dist.barrier()
+
+    def load(self) -> None:
+        path = self.run_dir / CHECKPOINT
+        if not path.is_file():
+            raise TrainingError(f"{self.run_dir}: no {CHECKPOINT} to resume from")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.network.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.step = state["step"]
+        if self.main:
+            self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop records logged after the checkpoint: the resumed run logs those steps again."""
+        path = self.run_dir / METRICS
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+            path.write_text("".join(f"{line}\n" for line in kept))
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def _forward_loss(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        if cfg.recipe.name == "espan-sd":
+            depth = student_depth(cfg)
+            extra = extra_blocks_at(cfg, self.step)
+            if extra == 0:
+                (sr,) = self.model(lr, depths=(depth,))
+                return self.loss_fn(sr.float(), hr)
+            stu, tea = (y.float() for y in self.model(lr, depths=(depth, depth + extra)))
+            l_stu, parts = self.loss_fn(stu, hr)
+            l_tea, _ = self.loss_fn(tea, hr)
+            with torch.no_grad():
+                mask = ((stu - hr).abs() - (tea - hr).abs() > cfg.recipe.sd_margin).float()
+            l_sd = F.mse_loss((tea.detach() - stu) * mask, torch.zeros_like(stu))
+            parts = {**parts, "teacher": float(l_tea.detach()), "sd": float(l_sd.detach()) * cfg.recipe.sd_weight}
+            return l_stu + l_tea + cfg.recipe.sd_weight * l_sd, parts
+        sr = self.model(lr).float()
+        loss, parts = self.loss_fn(sr, hr)
+        if self.loss_hook is not None:
+            extra_loss, extra_parts = self.loss_hook(lr, sr, hr)
+            loss, parts = loss + extra_loss, {**parts, **extra_parts}
+        return loss, parts
+
+    def train_step(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[float, dict[str, float]]:
+        fmt = torch.channels_last if self.cfg.run.channels_last and self.device.type != "mps" else torch.contiguous_format
+        lr = lr.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
+        hr = hr.to(self.device, non_blocking=True)
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            loss, parts = self._forward_loss(lr, hr)
+        if not torch.isfinite(loss):
+            raise TrainingError(f'step {self.step}: the loss is {float(loss)}; lower optim.lr or use run.amp = "none"')
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.cfg.optim.clip:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.optim.clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self._update_ema()
+        self.step += 1
+        return float(loss.detach()), parts
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        decay = min(self.cfg.optim.ema, (1 + self.step) / (10 + self.step))  # early steps follow the model closely
+        for e, p in zip(self.ema.parameters(), self.network.parameters()):
+            if p.requires_grad:
+                e.lerp_(p.detach(), 1.0 - decay)
+        for e, b in zip(self.ema.buffers(), self.network.buffers()):
+            e.copy_(b)
+
+    def evaluation_network(self) -> nn.Module:
+        """What validation and export see: the EMA weights, at the student's depth."""
+        network = self.ema if self.ema is not None else self.network
+        depth = student_depth(self.cfg)
+        return AtDepth(network, depth) if depth is not None else network
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float] | None:
+        if not self.cfg.data.val:
+            return None
+        network = self.evaluation_network().eval()
+        score = evaluate_set(network, self.cfg.model.scale, Path(self.cfg.data.val), channel="y", limit=self.cfg.data.val_limit or None)
+        return {"psnr": round(score.psnr, 4), "ssim": round(score.ssim, 4)}
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def log(self, record: Event) -> None:
+        if not self.main:
+            return
+        with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.tb.add_scalar(key, value, record.get("step", self.step))
+
+    def fit(self, on_event: Callable[[Event], None] | None = None) -> None:
+        """Train to cfg.run.steps; a Ctrl-C saves a checkpoint first, then propagates."""
+        cfg = self.cfg
+        emit = on_event if (on_event and self.main) else (lambda e: None)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / CONFIG).write_text(cfg.to_toml(), encoding="utf-8")
+        if self.step >= cfg.run.steps:
+            emit({"kind": "done", "step": self.step})
+            return
+        sources = load_sources(cfg.data.train, cfg.model.scale)
+        dataset = PatchDataset(sources, cfg.model.scale, cfg.data.lr_patch, cfg.run.seed, self.rank)
+        loader = make_loader(dataset, self.step, cfg.run.steps, cfg.data.batch, cfg.data.workers)
+        emit({"kind": "start", "step": self.step, "steps": cfg.run.steps, "images": len(dataset.sources), "world": self.world})
+        window_start, window_steps, total, count = time.perf_counter(), 0, 0.0, 0
+        try:
+            for lr, hr in loader:
+                loss, parts = self.train_step(lr, hr)
+                total, count, window_steps = total + loss, count + 1, window_steps + 1
+                if self.step % cfg.run.log_every == 0 or self.step == cfg.run.steps:
+                    rate = window_steps / max(1e-9, time.perf_counter() - window_start)
+                    record = {
+                        "step": self.step,
+                        "loss": total / count,
+                        **parts,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "it_s": round(rate, 3),
+                    }
+                    self.log(record)
+                    emit({"kind": "step", **record})
+                    window_start, window_steps, total, count = time.perf_counter(), 0, 0.0, 0
+                if (cfg.run.val_every and self.step % cfg.run.val_every == 0) or self.step == cfg.run.steps:
+                    if self.main and (scores := self.validate()):
+                        self.log({"step": self.step, **{f"val_{k}": v for k, v in scores.items()}})
+                        emit({"kind": "val", "step": self.step, **scores})
+                if (cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0) or self.step == cfg.run.steps:
+                    self.save()
+                    emit({"kind": "checkpoint", "step": self.step})
+        except KeyboardInterrupt:
+            self.save()
+            emit({"kind": "interrupted", "step": self.step})
+            raise
+        self._check_ranks_in_sync(emit)
+        emit({"kind": "done", "step": self.step})
+
+    def _check_ranks_in_sync(self, emit: Callable[[Event], None]) -> None:
+        """Every rank must end with the same weights; a mismatch means DDP went wrong."""
+        if self.world == 1:
+            return
+        digests: list[str | None] = [None] * self.world
+        dist.all_gather_object(digests, digest(self.network))
+        record = {"step": self.step, "ranks_in_sync": len(set(digests)) == 1, "rank_digests": digests}
+        self.log(record)
+        emit({"kind": "sync", **record})
+        if not record["ranks_in_sync"]:
+            raise TrainingError(f"ranks ended with different weights: {digests}")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,312 @@
+"""`esr train`: every architecture and loss learns, resume equals uninterrupted, export equals the graph, DDP stays in sync."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from esrcli.cli import main
+from esrcli.train.config import ConfigError, TrainConfig
+from esrcli.train.data import PatchDataset
+from esrcli.train.export import export_run, network_from_run
+from esrcli.train.losses import dct2, frequency_aware, gradient_variance
+from esrcli.train.trainer import Trainer, extra_blocks_at, lr_factor
+from esrcli.weights import load_network
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """A few smooth-but-detailed images (rings and gradients): real structure to learn from."""
+    folder = tmp_path_factory.mktemp("train-images")
+    y, x = np.mgrid[0:96, 0:112].astype(np.float64)
+    for i in range(4):
+        r = np.hypot(y - 20 * i, x - 30)
+        img = np.stack([np.sin(r / (3 + i)) * 0.5 + 0.5, x / 112, np.cos((x + y) / (5 + i)) * 0.5 + 0.5], -1)
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+def config(images: Path, **sets) -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.data.train = [str(images)]
+    cfg.data.val = str(images)
+    cfg.data.val_limit = 2
+    for key, value in {
+        "model.arch": "span",
+        "model.scale": 2,
+        "data.lr_patch": 12,
+        "data.batch": 4,
+        "data.workers": 0,
+        "optim.lr": 2e-3,
+        "optim.ema": 0.9,
+        "run.steps": 6,
+        "run.log_every": 1,
+        "run.val_every": 0,
+        "run.ckpt_every": 3,
+        "run.device": "cpu",
+        **sets,
+    }.items():
+        cfg.set(key, value)
+    cfg.model.args.setdefault("channels", 8)
+    return cfg
+
+
+def fixed_batch(cfg: TrainConfig, images: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    from esrcli.train.data import load_sources
+
+    ds = PatchDataset(load_sources([str(images)], cfg.model.scale), cfg.model.scale, cfg.data.lr_patch)
+    pairs = [ds[i] for i in range(4)]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+@pytest.mark.parametrize(
+    "arch,args",
+    [
+        ("span", {"channels": 8}),
+        ("efdn", {"channels": 8}),
+        ("espan", {"channels": 8, "n_blocks": 2}),
+        ("spanf", {"channels": 8, "n_blocks": 2}),
+    ],
+)
+def test_every_architecture_learns_in_training_form(images, tmp_path, arch, args):
+    cfg = config(images, **{"model.arch": arch, "data.lr_patch": 20})
+    cfg.model.args = dict(args)
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert trainer.network.form == "train"
+    lr, hr = fixed_batch(cfg, images)
+    first, _ = trainer.train_step(lr, hr)
+    for _ in range(30):
+        last, _ = trainer.train_step(lr, hr)
+    assert last < 0.9 * first, (first, last)  # EFDN's clamped output learns slowest from random weights
+
+
+@pytest.mark.parametrize("loss", ["l1", "l2", "charbonnier", "gv", "freq"])
+def test_every_loss_trains(images, tmp_path, loss):
+    cfg = config(images, **{"loss.l1": 0.0, f"loss.{loss}": 1.0})
+    trainer = Trainer(cfg, tmp_path / "run")
+    lr, hr = fixed_batch(cfg, images)
+    first, parts = trainer.train_step(lr, hr)
+    assert set(parts) == {loss}
+    for _ in range(25):
+        last, _ = trainer.train_step(lr, hr)
+    assert last < 0.8 * first, (first, last)
+
+
+def test_loss_terms_vanish_for_identical_images_and_dct_is_orthonormal():
+    x = torch.rand(2, 3, 16, 16)
+    assert all(float(v) == 0 for v in gradient_variance(x, x).values())
+    assert all(float(v) == 0 for v in frequency_aware(x, x).values())
+    assert torch.allclose((dct2(x) ** 2).sum(), (x**2).sum(), rtol=1e-4)  # Parseval
+    assert float(gradient_variance(x, torch.rand_like(x))["x"]) > 0
+
+
+def test_samples_are_a_pure_function_of_seed_and_index(images):
+    from esrcli.train.data import load_sources
+
+    sources = load_sources([str(images)], 2)
+    a, b = PatchDataset(sources, 2, 12, seed=3), PatchDataset(sources, 2, 12, seed=3)
+    assert all(torch.equal(a[i][1], b[i][1]) for i in (0, 5, 99))
+    assert not torch.equal(a[0][1], PatchDataset(sources, 2, 12, seed=4)[0][1])
+    lr, hr = a[7]
+    assert lr.shape == (3, 12, 12) and hr.shape == (3, 24, 24)
+    assert torch.allclose(lr, torch.nn.functional.avg_pool2d(hr[None], 2)[0], atol=0.08)  # LR is the HR, smaller
+
+
+def losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_resume_equals_uninterrupted(images, tmp_path):
+    straight = Trainer(config(images, **{"run.steps": 8}), tmp_path / "a")
+    straight.fit()
+    interrupted = Trainer(config(images, **{"run.steps": 8}), tmp_path / "b")
+
+    def ctrl_c_at_step_5(event: dict) -> None:
+        if event["kind"] == "step" and event["step"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(ctrl_c_at_step_5)
+    resumed = Trainer(config(images, **{"run.steps": 8}), tmp_path / "b", resume=True)
+    assert resumed.step == 5
+    resumed.fit()
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-6
+    for p, q in zip(straight.network.parameters(), resumed.network.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    for p, q in zip(straight.ema.parameters(), resumed.ema.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_export_loads_anywhere_with_the_graph_output(images, tmp_path):
+    trainer = Trainer(config(images, **{"run.steps": 5}), tmp_path / "run")
+    trainer.fit()
+    out = export_run(tmp_path / "run", tmp_path / "model.safetensors")
+    exported = load_network(out)
+    x = torch.rand(1, 3, 20, 18)
+    with torch.no_grad():
+        expected = trainer.evaluation_network().eval()(x)
+    assert exported.form == "fused"
+    assert (exported(x) - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max().item())
+    result = CliRunner().invoke(main, ["upscale", str(images / "img0.png"), "-m", str(out), "-o", str(tmp_path / "up.png")])
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "up.png").size == (224, 192)
+
+
+def test_espan_self_distillation_shrinks_to_the_student(images, tmp_path):
+    cfg = config(images, **{"model.arch": "espan", "recipe.name": "espan-sd", "recipe.extra_blocks": 2, "run.steps": 6})
+    cfg.model.args = {"channels": 8, "n_blocks": 2}
+    assert [extra_blocks_at(cfg, s) for s in range(6)] == [2, 2, 1, 1, 0, 0]
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert trainer.network.n_blocks == 4
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "sd" in records[0] and "teacher" in records[0]
+    network, _, step = network_from_run(tmp_path / "run")
+    assert step == 6 and network.n_blocks == 2 and network.form == "fused"
+
+
+def test_schedules():
+    cfg = TrainConfig()
+    cfg.run.steps, cfg.optim.warmup = 100, 10
+    assert lr_factor(cfg, 0) == pytest.approx(0.1) and lr_factor(cfg, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 100) == pytest.approx(cfg.optim.min_lr / cfg.optim.lr)
+    cfg.optim.schedule, cfg.optim.milestones, cfg.optim.warmup = "multistep", [50, 80], 0
+    assert [lr_factor(cfg, s) for s in (49, 50, 80)] == [1.0, 0.5, 0.25]
+
+
+def test_config_file_flags_and_print_config(tmp_path, images):
+    toml = tmp_path / "run.toml"
+    toml.write_text('[model]\narch = "efdn"\nscale = 2\n[optim]\nlr = 0.0005\n')
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--config",
+            str(toml),
+            "--channels",
+            "16",
+            "--set",
+            "optim.schedule=multistep",
+            "--set",
+            "optim.milestones=[10, 20]",
+            "--print-config",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    cfg = TrainConfig.from_dict(__import__("tomllib").loads(result.output))
+    assert (cfg.model.arch, cfg.model.scale, cfg.model.args["channels"], cfg.optim.lr) == ("efdn", 2, 16, 0.0005)
+    assert cfg.optim.milestones == [10, 20]
+    with pytest.raises(ConfigError, match="unknown setting"):
+        cfg.set("optim.learning_rate", "1")
+    bad = CliRunner().invoke(main, ["train", "--set", "run.stepz=3", "--print-config"])
+    assert bad.exit_code == 2 and "unknown setting" in bad.output
+
+
+def esr_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "esrcli", *args]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(images, tmp_path):
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--arch",
+        "span",
+        "--channels",
+        "8",
+        "--scale",
+        "2",
+        "--data",
+        str(images),
+        "--out",
+        str(run),
+        "--steps",
+        "100000",
+        "--batch",
+        "2",
+        "--lr-patch",
+        "12",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--set",
+        "run.ckpt_every=0",
+        "--set",
+        "run.log_every=1",
+    ]
+    proc = subprocess.Popen(esr_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    stopped = state["step"]
+    assert stopped >= 3
+    cfg = (run / "config.toml").read_text().replace("steps = 100000", f"steps = {stopped + 2}")
+    (run / "config.toml").write_text(cfg)
+    done = subprocess.run(esr_cmd("train", "--resume", str(run), "--quiet"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == stopped + 2
+
+
+def test_two_process_ddp_on_cpu_keeps_ranks_identical(images, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "esrcli",
+        "train",
+        "--arch",
+        "span",
+        "--channels",
+        "8",
+        "--scale",
+        "2",
+        "--data",
+        str(images),
+        "--out",
+        str(run),
+        "--steps",
+        "4",
+        "--batch",
+        "2",
+        "--lr-patch",
+        "12",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--set",
+        "run.log_every=1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    sync = [r for r in records if "ranks_in_sync" in r]
+    assert sync and sync[-1]["ranks_in_sync"] is True and len(set(sync[-1]["rank_digests"])) == 1 and len(sync[-1]["rank_digests"]) == 2
+    assert max(r["step"] for r in records) == 4
