@@ -28,6 +28,7 @@ __all__ = [
     "DownloadError",
     "HubSource",
     "OfflineError",
+    "PackageSource",
     "Source",
     "UrlSource",
     "cache_dir",
@@ -180,7 +181,28 @@ class HubSource:
         return self.uri
 
 
-Source = UrlSource | HubSource
+@dataclass(frozen=True)
+class PackageSource:
+    """A file shipped inside the esrcli package (the embedded default models): works offline."""
+
+    path: str  # relative to the esrcli package folder
+    sha256: str
+    size: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", _check_sha(self.sha256, required=True))
+        if Path(self.path).is_absolute() or ".." in Path(self.path).parts:
+            raise ValueError(f"package path must stay inside the package: {self.path!r}")
+
+    @property
+    def file(self) -> Path:
+        return Path(__file__).resolve().parent / self.path
+
+    def __str__(self) -> str:
+        return f"esrcli/{self.path}"
+
+
+Source = UrlSource | HubSource | PackageSource
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,8 +685,24 @@ def _fetch_hub(src: HubSource, *, name: str, progress: bool) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
+def _fetch_package(src: PackageSource, *, name: str) -> Path:
+    """A packaged file, checked like a download: a damaged install must not load silently."""
+    path = src.file
+    if not path.is_file():
+        raise DownloadError(f"model '{name}': {path} is missing from the installed package; reinstall esrcli")
+    sidecar = cache_dir() / "verified" / f"{src.sha256}.json"
+    if not _sidecar_matches(sidecar, path, src.sha256):
+        got = sha256_file(path)
+        if got != src.sha256:
+            raise ChecksumMismatch(f"model '{name}': {path} has sha256 {got}, expected {src.sha256}; reinstall esrcli")
+        _record_verified(sidecar, path, src.sha256)
+    return path
+
+
 def fetch(source: Source, *, name: str, progress: bool = True) -> Path:
     """Return a local path whose content matches the source's pins, downloading only if needed."""
+    if isinstance(source, PackageSource):
+        return _fetch_package(source, name=name)
     if isinstance(source, UrlSource):
         return _fetch_url(source, name=name, progress=progress)
     if isinstance(source, HubSource):
@@ -675,6 +713,8 @@ def fetch(source: Source, *, name: str, progress: bool = True) -> Path:
 def _cached_any(source: Source, *, name: str) -> Path | None:
     """A verified local copy obtainable with no network at all, so any mirror's cache wins."""
     try:
+        if isinstance(source, PackageSource):
+            return _fetch_package(source, name=name)
         if isinstance(source, UrlSource):
             return _url_cached(source)
         cached = _hub_cached(source, offline=is_offline())

@@ -21,6 +21,7 @@ from .archs import SRNet
 from .device import memory_format
 from .download import (
     HubSource,
+    PackageSource,
     Source,
     UrlSource,
     cache_dir,
@@ -36,6 +37,9 @@ from .weights import (
     read_state_dict,
     save_network,
 )
+
+DEFAULT_MODEL = "esr-tiny"
+"""The model used when none is named: trained by `esr train`, shipped in the package, works offline."""
 
 
 class RegistryError(ValueError):
@@ -86,9 +90,11 @@ def _source(raw: dict[str, Any], weights: dict[str, Any], where: str) -> Source:
     sha, size = weights["sha256"].lower(), weights.get("size")
     if "url" in raw:
         return UrlSource(url=raw["url"], sha256=sha, size=size, filename=weights.get("file"))
+    if "package" in raw:
+        return PackageSource(path=raw["package"], sha256=sha, size=size)
     if "hub" in raw:
         return HubSource(repo_id=raw["hub"], filename=raw["path"], revision=raw.get("revision", "main"), sha256=sha, size=size)
-    raise RegistryError(f"{where}: a source needs 'url' or 'hub'")
+    raise RegistryError(f"{where}: a source needs 'url', 'hub' or 'package'")
 
 
 def _entry(name: str, raw: dict[str, Any], where: str) -> ModelEntry:
@@ -236,6 +242,11 @@ def load_model(
     if ref.startswith("hf://"):
         path = fetch(HubSource.from_uri(ref), name=ref, progress=progress)
         loaded = LoadedModel(ref, load_network(path), source=ref)
+    elif ref not in registry.entries and Path(ref).is_dir():
+        from .train.export import network_from_run
+
+        network, _, _ = network_from_run(ref)
+        loaded = LoadedModel(Path(ref).name, network, source=str(ref))
     elif ref not in registry.entries and is_file_reference(ref):
         loaded = LoadedModel(Path(ref).name, load_network(ref), source=str(ref))
     else:

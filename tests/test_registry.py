@@ -14,7 +14,7 @@ import torch
 
 from esrcli.archs import build
 from esrcli.archs.blocks import Conv3XC
-from esrcli.download import ChecksumMismatch, HubSource, OfflineError, UrlSource, sha256_file
+from esrcli.download import ChecksumMismatch, HubSource, OfflineError, PackageSource, UrlSource, sha256_file
 from esrcli.registry import Registry, RegistryError, default_registry, fused_cache_path, import_model_file, load_model
 
 # registry name -> the file in ../shared/weights with the same pinned bytes
@@ -47,6 +47,9 @@ def test_every_entry_is_pinned():
             for source in weights.sources:
                 if isinstance(source, UrlSource):
                     assert re.search(r"/[0-9a-f]{40}/|/releases/download/", source.url), source.url
+                elif isinstance(source, PackageSource):
+                    assert source.file.is_file() and sha256_file(source.file) == weights.sha256 == source.sha256
+                    assert source.file.stat().st_size == weights.size < 1_000_000
                 else:
                     assert isinstance(source, HubSource) and re.fullmatch(r"[0-9a-f]{40}", source.revision)
 
@@ -177,3 +180,42 @@ def test_hf_reference_through_hf_endpoint(server, tmp_path):
     assert data["scale"] == 2 and data["params"] == sum(p.numel() for p in net.parameters())
     assert any("/someone/tiny-span/resolve/main/x2/model.safetensors" in r.path for r in server.requests)
     assert list((tmp_path / "hf").rglob("model.safetensors"))  # it went through the HF cache
+
+
+def test_the_embedded_default_model_works_offline(monkeypatch, tmp_path):
+    from esrcli.registry import DEFAULT_MODEL
+
+    monkeypatch.setenv("ESR_OFFLINE", "1")
+    entry = default_registry().get(DEFAULT_MODEL)
+    for weights in entry.weights:
+        loaded = load_model(DEFAULT_MODEL, scale=weights.scale)
+        assert loaded.scale == weights.scale and loaded.network.form == "fused"
+        assert loaded.params < 200_000  # SPAN-tiny-sized or smaller
+    from PIL import Image
+
+    Image.effect_mandelbrot((64, 48), (-2, -1.2, 1, 1.2), 64).convert("RGB").save(tmp_path / "demo.png")
+    run = esr("upscale", str(tmp_path / "demo.png"), "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert Image.open(tmp_path / "demo_x4.png").size == (256, 192)
+
+
+def test_a_damaged_embedded_file_is_refused(tmp_path):
+    from esrcli.download import fetch
+
+    fake = PackageSource(path="weights/esr-tiny-x4.toml", sha256="0" * 64)
+    with pytest.raises(ChecksumMismatch, match="reinstall"):
+        fetch(fake, name="esr-tiny")
+
+
+def test_a_run_folder_is_a_model_reference(tmp_path):
+    from esrcli.train.config import TrainConfig
+    from esrcli.train.trainer import Trainer
+
+    cfg = TrainConfig()
+    cfg.model.args = {"channels": 8}
+    cfg.set("model.scale", 2)
+    cfg.set("run.device", "cpu")
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.save()
+    loaded = load_model(str(tmp_path / "run"))
+    assert loaded.scale == 2 and loaded.network.form == "fused"

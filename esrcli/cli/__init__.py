@@ -13,7 +13,7 @@ from .upscale import upscale
 
 EPILOG = """\b
 Examples:
-  esr upscale photo.jpg -m span-tiny      photo_x4.jpg beside the input
+  esr upscale photo.jpg                   photo_x4.jpg beside it (embedded model, offline)
   esr models list                         the models you can name with -m
   esr models fetch span-tiny              download, verify and fuse once
   esr bench quality -m efdn --data Set5   PSNR/SSIM on a benchmark set

@@ -72,7 +72,8 @@ def model_option(default: str | None = None) -> Callable:
         default=default,
         required=default is None,
         metavar="MODEL",
-        help="Registry name (esr models list), a .pth/.safetensors file, or hf://owner/repo/file.",
+        help="Registry name (esr models list), a .pth/.safetensors file, an esr train run folder, or hf://owner/repo/file."
+        + (f"  [default: {default}]" if default else ""),
     )
 
 

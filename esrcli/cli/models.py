@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from ..download import HubSource, UrlSource
+from ..download import HubSource, PackageSource, UrlSource
 from ..registry import (
     ModelEntry,
     RegistryError,
@@ -18,8 +18,10 @@ from ..registry import (
 from .common import print_json, stdout
 
 
-def _source_text(source: UrlSource | HubSource) -> str:
-    return source.url if isinstance(source, UrlSource) else f"hf://{source.repo_id}/{source.filename}@{source.revision}"
+def _source_text(source: UrlSource | HubSource | PackageSource) -> str:
+    if isinstance(source, HubSource):
+        return f"hf://{source.repo_id}/{source.filename}@{source.revision}"
+    return source.url if isinstance(source, UrlSource) else f"embedded: {source}"
 
 
 def _entry_json(entry: ModelEntry) -> dict:

@@ -10,13 +10,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..device import resolve_device, resolve_precision
 from ..imagefile import FORMATS
+from ..registry import DEFAULT_MODEL
 from ..tiling import TilePlan, Upscaler, auto_plan, default_overlap
 from ..upscale import Settings, format_scale, load_for_scale, plan_batch, process
 from .common import RateColumn, device_options, fail, model_option, print_json, stderr
 
 EXAMPLES = """\b
 Examples:
-  esr upscale photo.jpg -m span-tiny              photo_x4.jpg beside the input
+  esr upscale photo.jpg                           photo_x4.jpg beside it, with the embedded model
+  esr upscale photo.jpg -m span-tiny              a registry model (downloaded once)
   esr upscale shots/ -o big/ -s 2 -m efdn         every image of a folder, x2
   esr upscale "raw/**/*.png" -r -o out/ -m span   a glob, mirrored under out/
   esr upscale scan.tif -s 3 --tile 256 -v         any factor; -v shows the plan
@@ -26,7 +28,7 @@ Examples:
 @click.command(epilog=EXAMPLES)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (one input) or folder. Default: beside each input.")
-@model_option()
+@model_option(DEFAULT_MODEL)
 @click.option("-s", "--scale", type=float, help="Any factor > 1 (e.g. 2, 3, 4, 1.5, 8). Default: the model's scale.")
 @click.option("--tile", type=click.IntRange(min=0), help="Tile size in input pixels; 0 = whole image. Default: from free memory.")
 @click.option(
