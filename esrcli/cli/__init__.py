@@ -10,10 +10,12 @@ from .common import EsrGroup
 from .models import models
 from .train import export, train
 from .upscale import upscale
+from .video import video
 
 EPILOG = """\b
 Examples:
   esr upscale photo.jpg                   photo_x4.jpg beside it (embedded model, offline)
+  esr video in.mp4 out.mp4                every frame, audio and subtitle kept
   esr models list                         the models you can name with -m
   esr models fetch span-tiny              download, verify and fuse once
   esr bench quality -m efdn --data Set5   PSNR/SSIM on a benchmark set
@@ -30,5 +32,6 @@ def main() -> None:
 main.add_command(models)
 main.add_command(bench)
 main.add_command(upscale)
+main.add_command(video)
 main.add_command(train)
 main.add_command(export)

@@ -1,0 +1,160 @@
+"""`esr video`: upscale a video end to end."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..device import resolve_device, resolve_precision
+from ..registry import DEFAULT_MODEL
+from ..tiling import TilePlan, Upscaler, auto_plan, default_overlap
+from ..upscale import format_scale, load_for_scale
+from ..video import EncodeSettings, VideoError, VideoJob, upscale_video
+from .common import RateColumn, device_options, fail, model_option, print_json, stderr
+
+EXAMPLES = """\b
+Examples:
+  esr video in.mp4 out.mp4                          x4 with the embedded model, libx264 CRF 18
+  esr video in.mkv out.mkv -m span -s 2 --crf 16    every audio/subtitle track and chapter kept
+  esr video in.mp4 out.mp4 --codec libx265 --pix-fmt yuv420p10le --preset slow
+  esr video in.mp4 out.mp4 --resume                 continue after Ctrl-C, a kill or a crash
+"""
+
+
+def _rate(value: str | None) -> Fraction | None:
+    if value is None:
+        return None
+    try:
+        rate = Fraction(value)
+    except (ValueError, ZeroDivisionError):
+        raise click.BadParameter(f"'{value}' is not a frame rate (e.g. 24, 29.97 or 30000/1001)") from None
+    if rate <= 0:
+        raise click.BadParameter("the frame rate must be positive")
+    return rate
+
+
+@click.command(epilog=EXAMPLES)
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@model_option(DEFAULT_MODEL)
+@click.option("-s", "--scale", type=float, help="Any factor > 1. Default: the model's scale.")
+@click.option("--tile", type=click.IntRange(min=0), help="Tile size in input pixels; 0 = whole frame. Default: from free memory.")
+@click.option("--overlap", type=click.IntRange(min=0), help="Context around each tile. Default: the model's receptive field.")
+@click.option("--batch", type=click.IntRange(min=1), help="Tiles per forward call. Default: from free memory.")
+@click.option("--codec", default="libx264", show_default=True, help="Any ffmpeg video encoder: libx264, libx265, libvpx-vp9, ffv1...")
+@click.option(
+    "--crf", type=int, default=18, show_default=True, help="Constant-quality factor (ignored by codecs without one: pass --crf -1)."
+)
+@click.option("--preset", help="Encoder preset, e.g. slow.")
+@click.option("--pix-fmt", default="yuv420p", show_default=True, help="Output pixel format, e.g. yuv420p10le for 10 bits.")
+@click.option("--fps", help="Output frame rate (every frame is kept; the duration follows). Default: the input's exact rate.")
+@click.option(
+    "--ffmpeg-arg",
+    "ffmpeg_args",
+    multiple=True,
+    help="Extra encoder argument, passed as is (repeatable): --ffmpeg-arg=-tune --ffmpeg-arg=film.",
+)
+@click.option(
+    "--segment", "segment_seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds per resumable segment."
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same input and settings.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (or an interrupted run's parts).")
+@device_options
+@click.option("-v", "--verbose", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def video(
+    src,
+    dst,
+    model_ref,
+    scale,
+    tile,
+    overlap,
+    batch,
+    codec,
+    crf,
+    preset,
+    pix_fmt,
+    fps,
+    ffmpeg_args,
+    segment_seconds,
+    resume,
+    overwrite,
+    device,
+    precision,
+    verbose,
+    quiet,
+    as_json,
+) -> None:
+    """Upscale a video: exact frame count and rate, every stream kept, resumable."""
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    loaded, plan = load_for_scale(model_ref, scale, device=dev, dtype=dtype, progress=not (quiet or as_json))
+    if tile is None:
+        tiles = auto_plan(loaded.network, loaded.scale, dev, dtype, overlap)
+        tiles = TilePlan(tiles.tile, tiles.overlap, batch or tiles.batch)
+    else:
+        tiles = TilePlan(tile, default_overlap(loaded.network) if overlap is None else overlap, batch or 1)
+    encode = EncodeSettings(
+        codec=codec,
+        crf=None if crf is not None and crf < 0 else crf,
+        preset=preset,
+        pix_fmt=pix_fmt,
+        fps=_rate(fps),
+        extra=list(ffmpeg_args),
+    )
+    job = VideoJob(src, dst, Upscaler(loaded.network, loaded.scale, tiles), plan, encode, model_key=f"{loaded.name}:{loaded.source}:{dtype}",
+                   segment_seconds=segment_seconds, resume=resume, overwrite=overwrite)  # fmt: skip
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
+        task = progress.add_task("frames", total=None)
+
+        def on_info(info) -> None:
+            if verbose and not as_json:
+                timing = f"{info.rate} fps" + (" (variable: output at this average rate)" if info.vfr else "")
+                kinds = ", ".join(f"{s.kind} {s.codec}" for s in info.streams)
+                progress.console.print(
+                    f"{src}: {info.width}x{info.height}, {info.frames} frames, {timing}; streams: {kinds}", highlight=False
+                )
+                progress.console.print(
+                    f"model {loaded.name} on {dev} ({str(dtype).removeprefix('torch.')}), x{format_scale(plan.target)}: {plan.describe()}",
+                    highlight=False,
+                )
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        try:
+            result = upscale_video(job, on_progress=on_progress, on_info=on_info)
+        except KeyboardInterrupt:
+            progress.stop()
+            fail("interrupted: finished segments are kept; run the same command with --resume to continue")
+            raise SystemExit(130) from None
+        except VideoError as exc:
+            progress.stop()
+            fail(str(exc))
+            raise SystemExit(1) from None
+    seconds = time.perf_counter() - started
+    summary = {
+        "input": str(src),
+        "output": str(dst),
+        "model": loaded.name,
+        "scale": plan.target,
+        "frames": result.frames,
+        "resumed_from": result.resumed_from,
+        "rate": str(result.rate),
+        "size": list(result.size),
+        "seconds": round(seconds, 3),
+        "fps": round((result.frames - result.resumed_from) / seconds, 3) if seconds else None,
+    }
+    if as_json:
+        print_json(summary)
+    elif not quiet:
+        stderr.print(
+            f"{dst}: {result.frames} frames at {result.rate} fps, {result.size[0]}x{result.size[1]}, in {seconds:.1f} s", highlight=False
+        )

@@ -1,0 +1,506 @@
+"""Videos through the model with the bundled ffmpeg: streamed frames, exact timing, resumable segments.
+
+Frames are decoded to raw RGB on a pipe (never written as images), upscaled, and encoded into
+segments of a few seconds each by their own ffmpeg process; decoding, inference and encoding
+run in separate threads joined by bounded queues. A manifest, keyed on the input's content and
+the settings, records finished segments, so `--resume` continues after Ctrl-C, a kill or a
+crash. The final step concatenates the segments with exact durations and copies every audio
+and subtitle track, the chapters and the metadata of the input without re-encoding.
+
+Timing: a constant-rate input keeps its exact rational rate (24000/1001 stays 24000/1001) and
+its frame count. A variable-rate input keeps every frame and its duration, at a constant rate
+equal to its average (its individual timestamps are evened out); `fps` overrides the rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+
+from .tiling import Upscaler
+from .upscale import ScalePlan, resample, run_passes, target_size
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+CHROMA_SUBSAMPLED = re.compile(r"^(yuv|yuvj|nv)(420|422|411|410|12|16|21)")
+
+
+class VideoError(Exception):
+    """A video that cannot be processed; the message is one line naming the file."""
+
+
+@dataclass
+class Stream:
+    index: int
+    kind: str  # video, audio, subtitle, data, attachment
+    codec: str
+
+
+@dataclass
+class VideoInfo:
+    width: int  # as decoded (rotation applied)
+    height: int
+    frames: int
+    rate: Fraction  # exact for constant-rate input; the average otherwise
+    vfr: bool
+    start: Fraction  # seconds of the first video frame
+    duration: Fraction  # seconds of video
+    pix_fmt: str
+    colorspace: str | None
+    streams: list[Stream] = field(default_factory=list)
+
+    @property
+    def deep(self) -> bool:
+        """More than 8 bits per sample: decode to 16-bit RGB."""
+        return bool(re.search(r"(9|10|12|14|16)(le|be)$", self.pix_fmt))
+
+
+def _ffmpeg(args: list[str], *, what: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", *args], capture_output=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise VideoError(f"{what}: {_ffmpeg_reason(proc.stderr.decode(errors='replace'))}")
+    return proc
+
+
+def _ffmpeg_reason(stderr: str) -> str:
+    """The most telling line of ffmpeg's complaint."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for pattern in (
+        "No such file",
+        "Invalid data",
+        "Unknown encoder",
+        "No space left",
+        "Permission denied",
+        "not currently supported",
+        "Error",
+        "error",
+    ):
+        for line in lines:
+            if pattern in line:
+                return re.sub(r"^\[[^\]]+\]\s*", "", line)
+    return lines[-1] if lines else "ffmpeg failed"
+
+
+STREAM_LINE = re.compile(r"Stream #\d+:(\d+)(?:\[[^\]]*\])?(?:\([^)]*\))?: (Video|Audio|Subtitle|Data|Attachment): (\w+)(.*)")
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Streams, size, pixel format, and the exact frame count and timing of the first video stream."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"{path}: no such file")
+    header = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True, errors="replace").stderr
+    streams, video = [], None
+    for m in STREAM_LINE.finditer(header):
+        stream = Stream(int(m.group(1)), m.group(2).lower(), m.group(3))
+        streams.append(stream)
+        if stream.kind == "video" and video is None and "attached pic" not in m.group(4):
+            video = (stream, m.group(4))
+    if not streams:
+        raise VideoError(f"{path}: not a video ffmpeg can read ({_ffmpeg_reason(header)})")
+    if video is None:
+        raise VideoError(f"{path}: has no video stream")
+    rest = video[1]
+    size = re.search(r"(\d{2,5})x(\d{2,5})", rest)
+    if not size:
+        raise VideoError(f"{path}: cannot read the video size")
+    width, height = int(size.group(1)), int(size.group(2))
+    pix = re.search(r"\), (\w+)(?:\(([^)]*)\))?", rest) or re.search(r", (\w+)(?:\(([^)]*)\))?,", rest)
+    pix_fmt = pix.group(1) if pix else "yuv420p"
+    colorspace = next((c for c in (pix.group(2) or "").split(", ") if c.startswith("bt")), None) if pix else None
+    rotation = re.search(r"rotation of (-?[\d.]+) degrees", header)
+    if rotation and round(abs(float(rotation.group(1)))) % 180 == 90:
+        width, height = height, width
+    return _timing(path, VideoInfo(width, height, 0, Fraction(0), False, Fraction(0), Fraction(0), pix_fmt, colorspace, streams))
+
+
+def _timing(path: Path, info: VideoInfo) -> VideoInfo:
+    """Frame count and rate from the packets themselves (stream copy, no decoding)."""
+    out = _ffmpeg(["-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"], what=str(path)).stdout.decode()
+    tb_match = re.search(r"^#tb 0: (\d+)/(\d+)", out, re.M)
+    if not tb_match:
+        raise VideoError(f"{path}: cannot read the video timestamps")
+    tb = Fraction(int(tb_match.group(1)), int(tb_match.group(2)))
+    packets = [tuple(int(v) for v in line.split(",")[1:4]) for line in out.splitlines() if line and not line.startswith("#")]
+    if not packets:
+        raise VideoError(f"{path}: the video stream has no frames")
+    pts = sorted(p[1] for p in packets)
+    durations = {p[2] for p in packets if p[2] > 0}
+    steps = {b - a for a, b in zip(pts, pts[1:])}
+    end = pts[-1] + max(durations or {0})
+    info.frames = len(packets)
+    info.start = pts[0] * tb
+    info.duration = (end - pts[0]) * tb
+    if len(steps | durations) == 1:
+        info.rate = 1 / (next(iter(steps | durations)) * tb)
+    else:
+        info.vfr = len(steps) > 1
+        info.rate = (Fraction(info.frames) / info.duration).limit_denominator(1001000) if info.duration else Fraction(25)
+    return info
+
+
+def list_streams(path: str | Path) -> list[Stream]:
+    return probe(path).streams
+
+
+# --- settings and the manifest ---------------------------------------------------------
+
+
+@dataclass
+class EncodeSettings:
+    codec: str = "libx264"
+    crf: int | None = 18
+    preset: str | None = None
+    pix_fmt: str = "yuv420p"
+    fps: Fraction | None = None  # override the output rate (every frame is kept)
+    extra: list[str] = field(default_factory=list)  # passed to the encoder as they are
+
+    def encoder_args(self, info: VideoInfo) -> list[str]:
+        args = ["-c:v", self.codec, "-pix_fmt", self.pix_fmt]
+        if self.crf is not None:
+            args += ["-crf", str(self.crf)]
+            if self.codec.startswith("libvpx"):
+                args += ["-b:v", "0"]  # constant-quality mode
+        if self.preset:
+            args += ["-preset", self.preset]
+        if info.colorspace:  # keep the source's colour description (and the matrix used for YUV)
+            args += [
+                "-vf",
+                f"scale=out_color_matrix={info.colorspace}",
+                "-colorspace",
+                info.colorspace,
+                "-color_primaries",
+                info.colorspace,
+                "-color_trc",
+                info.colorspace,
+            ]
+        return args + list(self.extra)
+
+
+def fingerprint(path: Path) -> str:
+    """A content key of the input: its size and its first and last 16 MiB (fast for huge files)."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(16 << 20))
+        if size > 32 << 20:
+            f.seek(-(16 << 20), os.SEEK_END)
+            h.update(f.read())
+    return h.hexdigest()
+
+
+@dataclass
+class Manifest:
+    key: str
+    segment_frames: int
+    segments: list[dict] = field(default_factory=list)  # {"file": ..., "frames": n}
+
+    @property
+    def frames_done(self) -> int:
+        return sum(s["frames"] for s in self.segments)
+
+    def save(self, folder: Path) -> None:
+        tmp = folder / "manifest.json.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, folder / "manifest.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> Manifest | None:
+        try:
+            return cls(**json.loads((folder / "manifest.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def parts_dir(dst: Path) -> Path:
+    return dst.parent / f".{dst.name}.esr-parts"
+
+
+# --- the pipeline ----------------------------------------------------------------------
+
+
+@dataclass
+class VideoJob:
+    src: Path
+    dst: Path
+    upscaler: Upscaler
+    plan: ScalePlan
+    encode: EncodeSettings
+    model_key: str  # what identifies the model in the manifest key
+    segment_seconds: float = 10.0
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class VideoResult:
+    frames: int
+    resumed_from: int
+    rate: Fraction
+    size: tuple[int, int]
+    seconds_model: float = 0.0
+
+
+class _Failed:
+    """Carries a worker thread's exception to the main thread."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _reader(
+    proc: subprocess.Popen, frame_bytes: int, shape: tuple[int, ...], dtype: np.dtype, skip: int, out: queue.Queue, stop: threading.Event
+) -> None:
+    try:
+        n = 0
+        while not stop.is_set():
+            buf = proc.stdout.read(frame_bytes)
+            if len(buf) < frame_bytes:
+                break
+            if n >= skip:
+                out.put(np.frombuffer(buf, dtype).reshape(shape))
+            n += 1
+        out.put(None)
+    except BaseException as exc:  # surfaced by the main thread
+        out.put(_Failed(exc))
+
+
+class _SegmentWriter:
+    """Encodes frames into numbered segments; a segment counts only once its encoder closed cleanly."""
+
+    def __init__(
+        self, job: VideoJob, info: VideoInfo, manifest: Manifest, folder: Path, size: tuple[int, int], pix_fmt: str, rate: Fraction
+    ) -> None:
+        self.job, self.info, self.manifest, self.folder = job, info, manifest, folder
+        self.size, self.pix_fmt, self.rate = size, pix_fmt, rate
+        self.proc: subprocess.Popen | None = None
+        self.frames_in_segment = 0
+
+    def _open(self) -> None:
+        index = len(self.manifest.segments)
+        self.tmp = self.folder / f"segment_{index:05d}.tmp.nut"
+        self.final = self.folder / f"segment_{index:05d}.nut"
+        w, h = self.size
+        cmd = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "-s", f"{w}x{h}",
+               "-r", str(self.rate), "-i", "-", *self.job.encode.encoder_args(self.info), "-f", "nut", str(self.tmp)]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.frames_in_segment = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.proc is None:
+            self._open()
+        try:
+            self.proc.stdin.write(frame.tobytes())
+        except BrokenPipeError:
+            self._fail()
+        self.frames_in_segment += 1
+        if self.frames_in_segment == self.manifest.segment_frames:
+            self.close()
+
+    def _fail(self) -> None:
+        err = self.proc.stderr.read().decode(errors="replace") if self.proc and self.proc.stderr else ""
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+        raise VideoError(f"{self.job.dst}: the encoder failed ({_ffmpeg_reason(err)})")
+
+    def close(self) -> None:
+        """Finish the current segment and record it."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        if self.proc.wait() != 0:
+            self._fail()
+        self.proc.stderr.close()
+        os.replace(self.tmp, self.final)
+        self.manifest.segments.append({"file": self.final.name, "frames": self.frames_in_segment})
+        self.manifest.save(self.folder)
+        self.proc = None
+
+    def abort(self) -> None:
+        """Drop the unfinished segment (the finished ones stay for --resume)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            self.tmp.unlink(missing_ok=True)
+
+
+def _writer(writer: _SegmentWriter, frames: queue.Queue, errors: queue.Queue) -> None:
+    try:
+        while (frame := frames.get()) is not None:
+            writer.write(frame)
+        writer.close()
+    except BaseException as exc:
+        errors.put(exc)
+        while frames.get() is not None:  # keep the producer from blocking on a full queue
+            pass
+
+
+def upscale_video(
+    job: VideoJob, on_progress: Callable[[int, int], None] | None = None, on_info: Callable[[VideoInfo], None] | None = None
+) -> VideoResult:
+    """Upscale `job.src` into `job.dst`: segments, then the final mux; see the module docstring."""
+    src, dst = job.src, job.dst
+    if src.resolve() == dst.resolve():
+        raise VideoError(f"{dst}: the output would overwrite the input; choose another name")
+    if dst.exists() and not job.overwrite:
+        raise VideoError(f"{dst}: already exists (pass --overwrite to replace it)")
+    if not dst.parent.is_dir():
+        raise VideoError(f"{dst}: the folder {dst.parent} does not exist")
+    info = probe(src)
+    if on_info:
+        on_info(info)
+    rate = job.encode.fps or info.rate
+    out_size = target_size(info.width, info.height, job.plan.target)
+    if CHROMA_SUBSAMPLED.match(job.encode.pix_fmt) and (out_size[0] % 2 or out_size[1] % 2):
+        raise VideoError(
+            f"{dst}: the output would be {out_size[0]}x{out_size[1]}, and {job.encode.pix_fmt} needs even sizes; use another scale or --pix-fmt yuv444p"
+        )
+    deep = info.deep or bool(re.search(r"(10|12|16)(le|be)$", job.encode.pix_fmt))
+    raw_fmt, dtype = ("rgb48le", np.dtype("<u2")) if deep else ("rgb24", np.dtype(np.uint8))
+
+    folder = parts_dir(dst)
+    settings = {
+        "model": job.model_key,
+        "plan": job.plan.describe(),
+        "encode": [*job.encode.encoder_args(info)],
+        "rate": str(rate),
+        "size": out_size,
+    }
+    key = hashlib.sha256((fingerprint(src) + json.dumps(settings, sort_keys=True)).encode()).hexdigest()
+    manifest = Manifest.load(folder) if folder.is_dir() else None
+    if manifest is not None and not job.resume and not job.overwrite:
+        raise VideoError(
+            f"{dst}: an interrupted run left {manifest.frames_done} of {info.frames} frames in {folder}; pass --resume to continue it or --overwrite to start over"
+        )
+    if manifest is not None and job.resume and manifest.key != key:
+        raise VideoError(
+            f"{dst}: the interrupted run in {folder} used another input or other settings; run with those, or pass --overwrite to start over"
+        )
+    if manifest is None or not job.resume:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        manifest = Manifest(key, max(1, round(float(rate) * job.segment_seconds)))
+        manifest.save(folder)
+    for leftover in folder.glob("*.tmp.nut"):
+        leftover.unlink()
+    done = manifest.frames_done
+    if on_progress:
+        on_progress(done, info.frames)
+
+    try:
+        if done < info.frames:
+            _encode_frames(job, info, manifest, folder, out_size, raw_fmt, dtype, rate, done, on_progress)
+        _mux(job, info, manifest, folder, rate)
+    except BaseException:
+        if not manifest.segments:  # nothing worth resuming: leave no trace
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    check = probe(dst)
+    if check.frames != info.frames:
+        raise VideoError(f"{dst}: has {check.frames} frames, expected {info.frames}")
+    shutil.rmtree(folder, ignore_errors=True)
+    return VideoResult(info.frames, done, rate, out_size)
+
+
+def _encode_frames(job, info, manifest, folder, out_size, raw_fmt, dtype, rate, done, on_progress) -> None:
+    w, h = info.width, info.height
+    channels = 3
+    frame_bytes = w * h * channels * dtype.itemsize
+    decode = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-i", str(job.src), "-map", "0:v:0", "-fps_mode", "passthrough",
+              "-f", "rawvideo", "-pix_fmt", raw_fmt, "-"]  # fmt: skip
+    decoder = subprocess.Popen(decode, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes * 2)
+    stop = threading.Event()
+    decoded: queue.Queue = queue.Queue(maxsize=8)
+    encoded: queue.Queue = queue.Queue(maxsize=8)
+    errors: queue.Queue = queue.Queue()
+    writer = _SegmentWriter(job, info, manifest, folder, out_size, raw_fmt, rate)
+    reader = threading.Thread(target=_reader, args=(decoder, frame_bytes, (h, w, channels), dtype, done, decoded, stop), daemon=True)
+    encoder = threading.Thread(target=_writer, args=(writer, encoded, errors), daemon=True)
+    reader.start()
+    encoder.start()
+    count = done
+    try:
+        while True:
+            item = decoded.get()
+            if item is None:
+                break
+            if isinstance(item, _Failed):
+                raise item.exc
+            if not errors.empty():
+                raise errors.get()
+            frame = np.ascontiguousarray(item)
+            up = resample(run_passes(job.upscaler, frame, job.plan.passes), out_size)
+            encoded.put(up)
+            count += 1
+            if on_progress:
+                on_progress(count, info.frames)
+        encoded.put(None)
+        encoder.join()
+        if not errors.empty():
+            raise errors.get()
+        if decoder.wait() != 0 or count != info.frames:
+            reason = (
+                _ffmpeg_reason(decoder.stderr.read().decode(errors="replace"))
+                if decoder.returncode
+                else f"decoded {count} of {info.frames} frames"
+            )
+            raise VideoError(f"{job.src}: decoding failed ({reason})")
+    except BaseException:
+        stop.set()
+        decoder.kill()
+        # Unblock and stop the encoder thread, then drop its unfinished segment.
+        while encoder.is_alive():
+            try:
+                encoded.put(None, timeout=0.1)
+            except queue.Full:
+                try:
+                    encoded.get_nowait()
+                except queue.Empty:
+                    pass
+            encoder.join(timeout=0.1)
+        writer.abort()
+        raise
+    finally:
+        decoder.wait()
+
+
+def _mux(job: VideoJob, info: VideoInfo, manifest: Manifest, folder: Path, rate: Fraction) -> None:
+    """Concatenate the segments with exact durations and copy every other stream of the input."""
+    lines = []
+    for segment in manifest.segments:
+        lines.append(f"file '{segment['file']}'")
+        lines.append(f"duration {float(Fraction(segment['frames']) / rate):.9f}")
+    (folder / "concat.txt").write_text("\n".join(lines) + "\n")
+    dst = job.dst
+    tmp = dst.with_name(f".{dst.stem}.esr-tmp{dst.suffix}")
+    container = dst.suffix.lower()
+    cmd = ["-itsoffset", f"{float(info.start):.9f}", "-f", "concat", "-safe", "0", "-i", str(folder / "concat.txt"), "-i", str(job.src),
+           "-map", "0:v", "-map", "1:a?", "-map", "1:s?"]  # fmt: skip
+    if container in (".mkv", ".webm"):
+        cmd += ["-map", "1:t?"]
+    cmd += ["-map_metadata", "1", "-map_chapters", "1", "-c", "copy"]
+    if container in (".mp4", ".mov", ".m4v"):
+        cmd += ["-video_track_timescale", str(rate.numerator)]
+    try:
+        _ffmpeg(["-v", "error", "-y", *cmd, str(tmp)], what=str(dst))
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
