@@ -42,11 +42,15 @@ def main() -> None:
     w, h = (int(v) for v in args.big.split("x"))
     big = work / "big.jpg"
     Image.open(photo).convert("RGB").resize((w, h), Image.Resampling.LANCZOS).save(big, quality=92)
-    seconds, peak, summary = run([str(big), "-m", str(weights / "span_tiny_ch26_x4_ntire24_team39.pth"), "--device", "cpu", "-o", str(work / "big_x4.jpg")])
+    seconds, peak, summary = run(
+        [str(big), "-m", str(weights / "span_tiny_ch26_x4_ntire24_team39.pth"), "--device", "cpu", "-o", str(work / "big_x4.jpg")]
+    )
     out_mp = w * h * 16 / 1e6
-    print(f"{w}x{h} -> {w * 4}x{h * 4} JPEG with span-tiny (auto tiles): {seconds:.1f} s wall, "
-          f"{out_mp / summary['outputs'][0]['seconds']:.2f} output MP/s, peak RSS {peak / 2**20:.0f} MiB "
-          f"(the uint8 output alone is {w * h * 16 * 3 / 2**20:.0f} MiB)")
+    print(
+        f"{w}x{h} -> {w * 4}x{h * 4} JPEG with span-tiny (auto tiles): {seconds:.1f} s wall, "
+        f"{out_mp / summary['outputs'][0]['seconds']:.2f} output MP/s, peak RSS {peak / 2**20:.0f} MiB "
+        f"(the uint8 output alone is {w * h * 16 * 3 / 2**20:.0f} MiB)"
+    )
     medium = work / "medium.png"
     Image.open(photo).convert("RGB").crop((0, 0, 1000, 700)).save(medium)
     rows = []
@@ -54,7 +58,9 @@ def main() -> None:
         model = str(weights / file)
         times = {}
         for label, tile in (("untiled", "0"), ("tiled 256", "256")):
-            seconds, _, summary = run([str(medium), "-m", model, "--device", "cpu", "--precision", "fp32", "--tile", tile, "-o", str(work / "out.png")])
+            seconds, _, summary = run(
+                [str(medium), "-m", model, "--device", "cpu", "--precision", "fp32", "--tile", tile, "-o", str(work / "out.png")]
+            )
             times[label] = summary["outputs"][0]["seconds"]
         out_mp = 4000 * 2800 / 1e6
         rows.append((name, out_mp / times["untiled"], out_mp / times["tiled 256"], times["tiled 256"] / times["untiled"]))
@@ -62,6 +68,7 @@ def main() -> None:
     print(f"{'model':14} {'untiled MP/s':>13} {'tiled MP/s':>11} {'tiled/untiled time':>19}")
     for name, untiled, tiled, ratio in rows:
         print(f"{name:14} {untiled:13.2f} {tiled:11.2f} {ratio:19.2f}")
+
 
 if __name__ == "__main__":
     main()

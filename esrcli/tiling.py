@@ -254,6 +254,17 @@ class Upscaler:
         blend_tiles(lambda y0, y1, x0, x1: hwc[y0:y1, x0:x1], write, self.infer, height=h, width=w, channels=c, scale=self.scale, plan=plan)
         return torch.from_numpy(out).permute(2, 0, 1)
 
+    def upscale_frames(self, frames: list[np.ndarray], out_dtype: np.dtype) -> list[np.ndarray]:
+        """Several whole frames in one forward call when each fits in a single tile (small video
+        frames on a GPU); otherwise each frame is tiled on its own."""
+        h, w, c = frames[0].shape
+        if self.count_tiles(h, w) > 1:
+            return [self.upscale(f, np.empty((h * self.scale, w * self.scale, c), out_dtype)) for f in frames]
+        x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / float(np.iinfo(frames[0].dtype).max)
+        y = self.infer(x).permute(0, 2, 3, 1).numpy()
+        y *= float(np.iinfo(out_dtype).max)
+        return list(np.rint(y, out=y).astype(out_dtype))
+
     def count_tiles(self, height: int, width: int) -> int:
         return len(spans(height, self.plan.tile)) * len(spans(width, self.plan.tile))
 
@@ -268,6 +279,11 @@ class Upscaler:
         out_max = float(np.iinfo(out.dtype).max)
         if out.shape != (h * self.scale, w * self.scale, c):
             raise ValueError(f"output array {out.shape} does not fit {pixels.shape} x{self.scale}")
+        if self.count_tiles(h, w) == 1:  # one tile: nothing to blend
+            out[...] = self.upscale_frames([pixels], out.dtype)[0]
+            if on_tile:
+                on_tile(1)
+            return out
 
         def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
             return pixels[y0:y1, x0:x1].astype(np.float32) / in_max

@@ -437,19 +437,33 @@ def _encode_frames(job, info, manifest, folder, out_size, raw_fmt, dtype, rate, 
     reader.start()
     encoder.start()
     count = done
+    per_call = job.upscaler.plan.batch if job.plan.passes == 1 else 1
     try:
-        while True:
-            item = decoded.get()
-            if item is None:
-                break
-            if isinstance(item, _Failed):
-                raise item.exc
+        finished = False
+        while not finished:
+            batch: list[np.ndarray] = []
+            while len(batch) < per_call:  # take what is ready, waiting only for the first frame
+                try:
+                    item = decoded.get() if not batch else decoded.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Failed):
+                    raise item.exc
+                if item is None:
+                    finished = True
+                    break
+                batch.append(np.ascontiguousarray(item))
             if not errors.empty():
                 raise errors.get()
-            frame = np.ascontiguousarray(item)
-            up = resample(run_passes(job.upscaler, frame, job.plan.passes), out_size)
-            encoded.put(up)
-            count += 1
+            if not batch:
+                continue
+            if job.plan.passes == 1:
+                ups = job.upscaler.upscale_frames(batch, dtype)
+            else:
+                ups = [run_passes(job.upscaler, frame, job.plan.passes) for frame in batch]
+            for up in ups:
+                encoded.put(resample(up, out_size))
+            count += len(batch)
             if on_progress:
                 on_progress(count, info.frames)
         encoded.put(None)

@@ -153,3 +153,11 @@ def test_auto_plan_is_sane_on_this_machine():
     net = small_span()
     plan = auto_plan(net, 4, torch.device("cpu"), torch.float32)
     assert 64 <= plan.tile <= 256 and plan.batch == 1 and plan.overlap == default_overlap(net)
+
+
+def test_whole_frames_batched_equal_frames_one_by_one():
+    net = small_span()
+    frames = [photo(48, 32), photo(48, 32)[::-1].copy(), photo(48, 32)[:, ::-1].copy()]
+    batched = Upscaler(net, 4, TilePlan(0, 21, 3)).upscale_frames(frames, np.dtype(np.uint8))
+    single = [run(Upscaler(net, 4, TilePlan(0, 21, 1)), f) for f in frames]
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(batched, single))
