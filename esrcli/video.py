@@ -457,10 +457,15 @@ def _encode_frames(job, info, manifest, folder, out_size, raw_fmt, dtype, rate, 
                 raise errors.get()
             if not batch:
                 continue
-            if job.plan.passes == 1:
-                ups = job.upscaler.upscale_frames(batch, dtype)
-            else:
-                ups = [run_passes(job.upscaler, frame, job.plan.passes) for frame in batch]
+            try:
+                if job.plan.passes == 1:
+                    ups = job.upscaler.upscale_frames(batch, dtype)
+                else:
+                    ups = [run_passes(job.upscaler, frame, job.plan.passes) for frame in batch]
+            except (MemoryError, RuntimeError) as exc:  # after the Upscaler's own retries: stop, never skip
+                raise VideoError(
+                    f"{job.src}: frame {count + 1} could not be upscaled ({exc}); finished segments are kept for --resume"
+                ) from exc
             for up in ups:
                 encoded.put(resample(up, out_size))
             count += len(batch)

@@ -54,10 +54,13 @@ def clips(tmp_path_factory) -> Path:
         "-shortest",
         str(d / "ntsc.mp4"),
     )
+    (d / "chapters.txt").write_text(
+        ";FFMETADATA1\ntitle=esr test\n[CHAPTER]\nTIMEBASE=1/1000\nSTART=0\nEND=1000\ntitle=first\n[CHAPTER]\nTIMEBASE=1/1000\nSTART=1000\nEND=2000\ntitle=second\n"
+    )
     (d / "subs.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n\n2\n00:00:01,000 --> 00:00:02,000\nworld\n")
-    ffmpeg(*src, "-f", "lavfi", "-i", "sine=f=440:r=48000", "-f", "lavfi", "-i", "sine=f=880:r=44100", "-i", str(d / "subs.srt"), "-t", "2",
-           "-map", "0:v", "-map", "1:a", "-map", "2:a", "-map", "3:s", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "libopus" if False else "aac",
-           "-c:s", "srt", "-metadata", "title=esr test", "-shortest", str(d / "multi.mkv"))  # fmt: skip
+    ffmpeg(*src, "-f", "lavfi", "-i", "sine=f=440:r=48000", "-f", "lavfi", "-i", "sine=f=880:r=44100", "-i", str(d / "subs.srt"),
+           "-i", str(d / "chapters.txt"), "-t", "2", "-map", "0:v", "-map", "1:a", "-map", "2:a", "-map", "3:s", "-map_metadata", "4",
+           "-map_chapters", "4", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-c:s", "srt", "-shortest", str(d / "multi.mkv"))  # fmt: skip
     ffmpeg(
         "-f",
         "lavfi",
@@ -117,6 +120,7 @@ def test_every_track_chapter_and_metadata_is_copied(clips, tmp_path, model):
     assert kinds == [("video", "h264"), ("audio", "aac"), ("audio", "aac"), ("subtitle", "subrip")]
     header = subprocess.run([FFMPEG, "-hide_banner", "-i", str(out)], capture_output=True, text=True).stderr
     assert "esr test" in header  # container metadata
+    assert header.count("Chapter #") == 2 and "second" in header
 
 
 def test_odd_sizes_and_no_audio(clips, tmp_path, model):
@@ -214,3 +218,25 @@ def test_ctrl_c_then_resume_gives_the_same_video(clips, tmp_path, model):
     src, dst = probe(clips / "ntsc.mp4"), probe(out)
     assert dst.frames == src.frames and dst.rate == src.rate and abs(dst.duration - src.duration) < 1 / src.rate
     assert not parts_dir(out).exists()
+
+
+def test_a_frame_that_keeps_failing_stops_the_run_clearly(clips, tmp_path):
+    """After the tile-splitting retries, a frame that still fails stops the run; no frame is skipped."""
+    from esrcli.tiling import TilePlan, Upscaler
+    from esrcli.upscale import plan_scale
+    from esrcli.video import EncodeSettings, VideoError, VideoJob, upscale_video
+
+    class AlwaysOutOfMemory(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    upscaler = Upscaler(AlwaysOutOfMemory(), 2, TilePlan(0, 8, 1))
+    job = VideoJob(clips / "ntsc.mp4", tmp_path / "out.mp4", upscaler, plan_scale([2], 2), EncodeSettings(), model_key="failing")
+    with pytest.raises(VideoError, match="frame 1 could not be upscaled"):
+        upscale_video(job)
+    assert upscaler.retries["oom"] >= 1
+    assert not (tmp_path / "out.mp4").exists() and not parts_dir(tmp_path / "out.mp4").exists()
