@@ -8,7 +8,7 @@ from .. import __version__
 from .bench import bench
 from .common import EsrGroup
 from .models import models
-from .train import export, train
+from .train import export, finetune_lora, train
 from .upscale import upscale
 from .video import video
 
@@ -35,3 +35,4 @@ main.add_command(upscale)
 main.add_command(video)
 main.add_command(train)
 main.add_command(export)
+main.add_command(finetune_lora)

@@ -24,15 +24,33 @@ Examples:
 
 
 def resolve_config(
-    config, resume, arch, channels, scale, form, data, val, steps, batch, lr_patch, lr, device, amp, seed, workers, settings
+    config,
+    resume,
+    arch,
+    channels,
+    scale,
+    form,
+    data,
+    val,
+    steps,
+    batch,
+    lr_patch,
+    lr,
+    device,
+    amp,
+    seed,
+    workers,
+    settings,
+    base=None,
+    extra=None,
 ) -> TrainConfig:
-    """File, then the run's own config when resuming, then flags, then --set: later wins."""
+    """Defaults, then a file (or the run's own config when resuming), then flags, then --set: later wins."""
     if resume is not None:
         cfg = TrainConfig.from_toml(resume / CONFIG)
     elif config is not None:
-        cfg = TrainConfig.from_toml(config)
+        cfg = TrainConfig.from_toml(config, base=base)
     else:
-        cfg = TrainConfig()
+        cfg = base or TrainConfig()
     flags = {
         "model.arch": arch,
         "model.scale": scale,
@@ -47,7 +65,7 @@ def resolve_config(
         "run.seed": seed,
         "data.workers": workers,
     }
-    for key, value in flags.items():
+    for key, value in {**flags, **(extra or {})}.items():
         if value is not None:
             cfg.set(key, value, "command line")
     if data:
@@ -167,20 +185,7 @@ def train(
     if print_config:
         stdout.print(cfg.to_toml(), highlight=False, markup=False)
         return
-    run_dir = resume or out
-    if run_dir is None:
-        raise click.UsageError("pass --out RUN_DIR (or --resume RUN_DIR)")
-    if resume is None and (run_dir / "checkpoint.pt").exists():
-        raise click.UsageError(f"{run_dir} already holds a run: use --resume {run_dir} or another --out")
-    if not cfg.data.train:
-        raise click.UsageError("no training data: pass --data DIR or set data.train in the config")
-    trainer = Trainer(cfg, run_dir, resume=resume is not None)
-    try:
-        run_training(trainer, quiet)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    finally:
-        trainer.close()
+    _run(cfg, out, resume, quiet)
 
 
 @click.command("export")
@@ -200,4 +205,75 @@ def export(run_dir: Path, out: Path, fp16: bool, raw: bool, as_json: bool) -> No
         stdout.print(f"{path} ({path.stat().st_size:,} bytes)", highlight=False)
 
 
-__all__ = ["train", "export", "TrainingError"]
+def finetune_defaults() -> TrainConfig:
+    """DSCLoRA-style finetuning: a gentle learning rate and LR patches near 48 (affinity memory)."""
+    cfg = TrainConfig()
+    for key, value in {"optim.lr": 2e-4, "optim.warmup": 100, "run.steps": 2000, "data.lr_patch": 48, "data.batch": 8}.items():
+        cfg.set(key, value)
+    return cfg
+
+
+FINETUNE_EXAMPLES = """\b
+Examples:
+  esr finetune-lora --teacher span-ntire24 --student span-tiny --data photos/ --val val/ --out runs/lora
+  esr finetune-lora --resume runs/lora
+  esr export runs/lora --out span-tiny-lora.safetensors     the student's own keys, LoRA merged
+"""
+
+
+@click.command("finetune-lora", epilog=FINETUNE_EXAMPLES)
+@click.option("--teacher", help="The frozen teacher: registry name, weight file or run folder.")
+@click.option("--student", help="The student to improve: registry name, weight file or run folder.")
+@click.option(
+    "--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A TOML config (sections lora, data, loss, optim, run)."
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="The run folder.")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Continue the run in this folder.")
+@click.option("--data", multiple=True, type=click.Path(exists=True, file_okay=False), help="Training images (repeatable).")
+@click.option("--val", type=click.Path(exists=True, file_okay=False), help="Validation images or set folder.")
+@click.option("--steps", type=int)
+@click.option("--batch", type=int)
+@click.option("--lr-patch", type=int, help="LR crop size (the affinity matrices grow with its fourth power).")
+@click.option("--lr", type=float)
+@click.option("--workers", type=int)
+@click.option("--device")
+@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]))
+@click.option("--seed", type=int)
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set lora.affinity_weight=0.1.")
+@click.option("--print-config", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def finetune_lora(
+    teacher, student, config, out, resume, data, val, steps, batch, lr_patch, lr, workers, device, amp, seed, settings, print_config, quiet
+) -> None:
+    """Finetune a student with ConvLoRA under a teacher's supervision (DSCLoRA), then merge."""
+    try:
+        cfg = resolve_config(config, resume, None, None, None, None, data, val, steps, batch, lr_patch, lr, device, amp, seed, workers, settings,
+                             base=finetune_defaults(), extra={"lora.teacher": teacher, "lora.student": student})  # fmt: skip
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if print_config:
+        stdout.print(cfg.to_toml(), highlight=False, markup=False)
+        return
+    if not (cfg.lora.teacher and cfg.lora.student):
+        raise click.UsageError("pass --teacher and --student")
+    _run(cfg, out, resume, quiet)
+
+
+def _run(cfg: TrainConfig, out: Path | None, resume: Path | None, quiet: bool) -> None:
+    run_dir = resume or out
+    if run_dir is None:
+        raise click.UsageError("pass --out RUN_DIR (or --resume RUN_DIR)")
+    if resume is None and (run_dir / "checkpoint.pt").exists():
+        raise click.UsageError(f"{run_dir} already holds a run: use --resume {run_dir} or another --out")
+    if not cfg.data.train:
+        raise click.UsageError("no training data: pass --data DIR or set data.train in the config")
+    trainer = Trainer(cfg, run_dir, resume=resume is not None)
+    try:
+        run_training(trainer, quiet)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    finally:
+        trainer.close()
+
+
+__all__ = ["train", "export", "finetune_lora", "TrainingError"]

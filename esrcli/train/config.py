@@ -6,6 +6,7 @@ resumed, exported and reproduced from its folder alone.
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -81,7 +82,35 @@ class RecipeConfig:
     shrink_every: int = 0  # espan-sd: drop one extra block every N steps (0 = steps / (extra_blocks + 1))
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "optim": OptimConfig, "run": RunConfig, "recipe": RecipeConfig}
+@dataclass
+class LoraConfig:
+    """esr finetune-lora: a frozen student with ConvLoRA adapters, supervised by a frozen teacher."""
+
+    student: str = ""  # registry name, weight file or run folder; empty = not a LoRA run
+    teacher: str = ""
+    groups: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"pattern": "block_*.c?_r.eval_conv", "rank": 2, "alpha": 4.0},
+            {"pattern": "conv_2.eval_conv", "rank": 8, "alpha": 16.0},
+            {"pattern": "upsampler.0", "rank": 8, "alpha": 16.0},
+        ]
+    )
+    taps: list[str] = field(default_factory=lambda: ["block_1.c?_r", "block_2.c?_r", "block_3.c?_r"])
+    teacher_weight: float = 1.0  # L1(SR_student, SR_teacher); loss.l1 weighs L1(SR_student, HR)
+    # Spatial affinity. FAKD's 0.5 / 0.5 / 10 on 0..255 images is 1 / 1 / 0.08 on 0..1 images.
+    affinity_weight: float = 0.08
+    affinity_chunk: int = 1024  # rows of the N x N affinity built at once
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "run": RunConfig,
+    "recipe": RecipeConfig,
+    "lora": LoraConfig,
+}
 
 
 class ConfigError(ValueError):
@@ -96,10 +125,12 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], where: str = "config") -> TrainConfig:
-        config = cls()
+    def from_dict(cls, raw: dict[str, Any], where: str = "config", base: TrainConfig | None = None) -> TrainConfig:
+        """`raw`'s values over `base` (default: the defaults above)."""
+        config = copy.deepcopy(base) if base is not None else cls()
         for section, values in raw.items():
             if section not in SECTIONS or not isinstance(values, dict):
                 raise ConfigError(f"{where}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
@@ -108,9 +139,9 @@ class TrainConfig:
         return config
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> TrainConfig:
+    def from_toml(cls, path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
         try:
-            return cls.from_dict(tomllib.loads(Path(path).read_text(encoding="utf-8")), str(path))
+            return cls.from_dict(tomllib.loads(Path(path).read_text(encoding="utf-8")), str(path), base)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read the config ({exc})") from None
 

@@ -76,7 +76,15 @@ def student_depth(cfg: TrainConfig) -> int | None:
 
 
 def build_network(cfg: TrainConfig) -> SRNet:
-    """The training network; for ESPAN self-distillation, with the teacher's extra blocks."""
+    """The training network: for LoRA runs the frozen student with adapters; for ESPAN
+    self-distillation, with the teacher's extra blocks."""
+    if cfg.lora.student:
+        from ..lora import LoRAGroup, add_lora
+        from ..registry import load_model
+
+        student = load_model(cfg.lora.student, progress=False).network
+        add_lora(student, [LoRAGroup(g["pattern"], int(g["rank"]), float(g["alpha"])) for g in cfg.lora.groups])
+        return student
     args = dict(cfg.model.args)
     if cfg.recipe.name == "espan-sd":
         if cfg.model.arch != "espan":
@@ -130,6 +138,8 @@ class Trainer:
         self.amp = self._amp_dtype()
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.network = (network if network is not None else build_network(cfg)).to(self.device)
+        if cfg.lora.student:  # the data follows the student's scale
+            cfg.model.arch, cfg.model.scale = self.network.arch, self.network.scale
         if cfg.run.channels_last and self.device.type != "mps":
             self.network = self.network.to(memory_format=torch.channels_last)
         self.trainable = [p for p in self.network.parameters() if p.requires_grad]
@@ -143,7 +153,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(cfg, step))
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.loss_fn = build_loss(cfg.loss)
-        self.loss_hook = loss_hook  # extra terms (finetune-lora's distillation): (lr, sr, hr) -> (loss, parts)
+        self.loss_hook = loss_hook  # extra terms: (lr, sr, hr) -> (loss, parts)
+        if self.loss_hook is None and cfg.lora.student:
+            from .distill import Distillation
+
+            self.loss_hook = Distillation(cfg.lora, self.network, self.device)
         self.step = 0
         if resume:
             self.load()

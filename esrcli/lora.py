@@ -1,0 +1,139 @@
+"""ConvLoRA and spatial-affinity distillation (DSCLoRA, NTIRE 2025 ESR).
+
+A ConvLoRA wraps a frozen k x k conv with trainable factors A (r*k, Cin*k) and B (Cout*k, r*k);
+the conv runs with W + (alpha / r) * (B @ A) viewed row-major as W's shape. B starts at zero,
+so a fresh adapter changes nothing. ConvLoRA is a `Reparameterizable`: the same
+`fused_state_dict` that folds Conv3XC branches merges W + dW (in fp32) back under the original
+conv's keys, so a finetuned student exports as a plain student.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .archs.blocks import Reparameterizable
+
+
+class ConvLoRA(Reparameterizable):
+    def __init__(self, conv: nn.Conv2d, rank: int, alpha: float) -> None:
+        super().__init__()
+        if conv.groups != 1 or conv.kernel_size[0] != conv.kernel_size[1]:
+            raise ValueError("ConvLoRA needs a dense conv with a square kernel")
+        k = conv.kernel_size[0]
+        self.conv = conv.requires_grad_(False)
+        self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
+        self.lora_A = nn.Parameter(conv.weight.new_zeros(rank * k, conv.in_channels * k))
+        self.lora_B = nn.Parameter(conv.weight.new_zeros(conv.out_channels * k, rank * k))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def delta(self) -> Tensor:
+        return (self.lora_B @ self.lora_A).view(self.conv.weight.shape) * self.scaling
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.conv
+        return F.conv2d(x, c.weight + self.delta(), c.bias, c.stride, c.padding, c.dilation, c.groups)
+
+    def fused_state_dict(self) -> dict[str, Tensor]:
+        merged = self.conv.weight.detach().float() + self.delta().detach().float()
+        state = {"weight": merged.to(self.conv.weight.dtype)}
+        if self.conv.bias is not None:
+            state["bias"] = self.conv.bias.detach()
+        return state
+
+
+@dataclass(frozen=True)
+class LoRAGroup:
+    """Convs whose module names match `pattern` (fnmatch) get rank `rank` and scale `alpha`."""
+
+    pattern: str
+    rank: int
+    alpha: float
+
+
+# Where the released DSCLoRA training code puts adapters in SPAN: every block conv r=2/alpha=4,
+# the conv before the pixel shuffle and the pixel-shuffle conv r=8/alpha=16; conv_1 and conv_cat frozen.
+DSCLORA_GROUPS = (
+    LoRAGroup("block_*.c?_r.eval_conv", 2, 4.0),
+    LoRAGroup("conv_2.eval_conv", 8, 16.0),
+    LoRAGroup("upsampler.0", 8, 16.0),
+)
+
+
+def add_lora(network: nn.Module, groups: Sequence[LoRAGroup] = DSCLORA_GROUPS) -> list[str]:
+    """Freeze `network` and wrap every matching conv in a ConvLoRA (first matching group wins)."""
+    network.requires_grad_(False)
+    wrapped = []
+    for name, module in list(network.named_modules()):
+        if not isinstance(module, nn.Conv2d):
+            continue
+        group = next((g for g in groups if fnmatch.fnmatchcase(name, g.pattern)), None)
+        if group is None:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = network.get_submodule(parent_name) if parent_name else network
+        setattr(parent, attr, ConvLoRA(module, group.rank, group.alpha))
+        wrapped.append(name)
+    if not wrapped:
+        raise ValueError(f"no conv matches the LoRA patterns {[g.pattern for g in groups]}")
+    return wrapped
+
+
+def lora_parameters(network: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in network.named_parameters() if n.endswith(("lora_A", "lora_B"))]
+
+
+# --- spatial-affinity distillation -----------------------------------------------------
+
+
+def _normalised(feature: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C, N) with each pixel's channel vector divided by its L2 norm."""
+    f = feature.flatten(2).float()
+    return f / (f.norm(dim=1, keepdim=True) + 1e-8)
+
+
+def affinity_loss(student: Tensor, teacher: Tensor, chunk: int = 1024) -> Tensor:
+    """mean |A_s - A_t| with A = F^T F over normalised pixels (N x N), any channel widths.
+
+    The N x N matrices are built `chunk` rows at a time, so memory stays at chunk * N per image.
+    """
+    s, t = _normalised(student), _normalised(teacher)
+    b, _, n = s.shape
+    total = s.new_zeros(())
+    for i in range(0, n, chunk):
+        a_s = s[:, :, i : i + chunk].transpose(1, 2) @ s
+        a_t = t[:, :, i : i + chunk].transpose(1, 2) @ t
+        total = total + (a_s - a_t).abs().sum()
+    return total / (b * n * n)
+
+
+@contextmanager
+def taps(network: nn.Module, patterns: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+    """Record the outputs of the modules matching `patterns` during forwards, by module name."""
+    outputs: dict[str, Tensor] = {}
+    handles = []
+    for name, module in network.named_modules():
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            handles.append(module.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out)))
+    if not handles:
+        raise ValueError(f"no module matches the distillation taps {list(patterns)}")
+    try:
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# The pre-activation outputs of the three convs of blocks 1 to 3, as in the released code.
+DEFAULT_TAPS = ("block_1.c?_r", "block_2.c?_r", "block_3.c?_r")
+
+
+def count(network: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters."""
+    return sum(p.numel() for p in network.parameters() if p.requires_grad), sum(p.numel() for p in network.parameters())
