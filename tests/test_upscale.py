@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from pathlib import Path
@@ -36,7 +37,9 @@ def rgb(width: int = 24, height: int = 16) -> np.ndarray:
     )
 
 
+@functools.cache
 def srgb_profile() -> bytes:
+    """Made once: a new profile carries its creation time, so two would differ."""
     from PIL import ImageCms
 
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
