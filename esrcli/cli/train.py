@@ -115,44 +115,61 @@ def run_training(trainer: Trainer, quiet: bool) -> None:
         trainer.fit(on_event)
 
 
+def run_options(f):
+    """Options shared by `esr train` and `esr finetune-lora`: config, run folder, data, optimisation, device."""
+    for option in reversed(
+        [
+            click.option(
+                "--config",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                help="A TOML run config (sections model, data, loss, optim, run, recipe).",
+            ),
+            click.option(
+                "--out", type=click.Path(file_okay=False, path_type=Path), help="The run folder (checkpoints, metrics.jsonl, config.toml)."
+            ),
+            click.option(
+                "--resume",
+                type=click.Path(exists=True, file_okay=False, path_type=Path),
+                help="Continue the run in this folder from its last checkpoint.",
+            ),
+            click.option(
+                "--data",
+                multiple=True,
+                type=click.Path(exists=True, file_okay=False),
+                help="Training images (repeatable); a folder with HR/ and LR_bicubic/X{s}/ is used as pairs.",
+            ),
+            click.option("--val", type=click.Path(exists=True, file_okay=False), help="Validation images or set folder."),
+            click.option("--steps", type=int, help="Total optimisation steps."),
+            click.option("--batch", type=int, help="Batch size per process."),
+            click.option("--lr-patch", type=int, help="LR crop size."),
+            click.option("--lr", type=float, help="Learning rate."),
+            click.option("--workers", type=int, help="DataLoader workers."),
+            click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
+            click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), help="Mixed precision."),
+            click.option("--seed", type=int),
+            click.option(
+                "--set",
+                "settings",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="Any config value, e.g. --set loss.gv=1 --set optim.schedule=multistep.",
+            ),
+            click.option("--print-config", is_flag=True, help="Print the resolved config as TOML and exit."),
+            click.option("--quiet", is_flag=True, help="No live view."),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
 @click.command(epilog=EXAMPLES)
-@click.option(
-    "--config",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A TOML run config (sections model, data, loss, optim, run, recipe).",
-)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="The run folder (checkpoints, metrics.jsonl, config.toml).")
-@click.option(
-    "--resume",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Continue the run in this folder from its last checkpoint.",
-)
 @click.option("--arch", type=click.Choice(["span", "efdn", "espan", "spanf"]), help="Architecture.")
 @click.option("--channels", type=int, help="Feature channels.")
 @click.option("--scale", type=int, help="Upscaling factor.")
 @click.option(
     "--form", type=click.Choice(["train", "fused"]), help="train: re-parameterisable branches (fused at export); fused: plain convs."
 )
-@click.option(
-    "--data",
-    multiple=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="Training images (repeatable); a folder with HR/ and LR_bicubic/X{s}/ is used as pairs.",
-)
-@click.option("--val", type=click.Path(exists=True, file_okay=False), help="Validation images or set folder.")
-@click.option("--steps", type=int, help="Total optimisation steps.")
-@click.option("--batch", type=int, help="Batch size per process.")
-@click.option("--lr-patch", type=int, help="LR crop size.")
-@click.option("--lr", type=float, help="Learning rate.")
-@click.option("--workers", type=int, help="DataLoader workers.")
-@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), help="Mixed precision.")
-@click.option("--seed", type=int)
-@click.option(
-    "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set loss.gv=1 --set optim.schedule=multistep."
-)
-@click.option("--print-config", is_flag=True, help="Print the resolved config as TOML and exit.")
-@click.option("--quiet", is_flag=True, help="No live view.")
+@run_options
 def train(
     config,
     out,
@@ -224,24 +241,7 @@ Examples:
 @click.command("finetune-lora", epilog=FINETUNE_EXAMPLES)
 @click.option("--teacher", help="The frozen teacher: registry name, weight file or run folder.")
 @click.option("--student", help="The student to improve: registry name, weight file or run folder.")
-@click.option(
-    "--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A TOML config (sections lora, data, loss, optim, run)."
-)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="The run folder.")
-@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Continue the run in this folder.")
-@click.option("--data", multiple=True, type=click.Path(exists=True, file_okay=False), help="Training images (repeatable).")
-@click.option("--val", type=click.Path(exists=True, file_okay=False), help="Validation images or set folder.")
-@click.option("--steps", type=int)
-@click.option("--batch", type=int)
-@click.option("--lr-patch", type=int, help="LR crop size (the affinity matrices grow with its fourth power).")
-@click.option("--lr", type=float)
-@click.option("--workers", type=int)
-@click.option("--device")
-@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]))
-@click.option("--seed", type=int)
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set lora.affinity_weight=0.1.")
-@click.option("--print-config", is_flag=True)
-@click.option("--quiet", is_flag=True)
+@run_options
 def finetune_lora(
     teacher, student, config, out, resume, data, val, steps, batch, lr_patch, lr, workers, device, amp, seed, settings, print_config, quiet
 ) -> None:

@@ -8,12 +8,10 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..device import resolve_device, resolve_precision
 from ..imagefile import FORMATS
 from ..registry import DEFAULT_MODEL
-from ..tiling import TilePlan, Upscaler, auto_plan, default_overlap
-from ..upscale import Settings, format_scale, load_for_scale, plan_batch, process
-from .common import RateColumn, device_options, fail, model_option, print_json, stderr
+from ..upscale import Settings, format_scale, plan_batch, process
+from .common import RateColumn, device_options, fail, model_option, open_upscaler, print_json, stderr, tiling_options
 
 EXAMPLES = """\b
 Examples:
@@ -30,11 +28,7 @@ Examples:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (one input) or folder. Default: beside each input.")
 @model_option(DEFAULT_MODEL)
 @click.option("-s", "--scale", type=float, help="Any factor > 1 (e.g. 2, 3, 4, 1.5, 8). Default: the model's scale.")
-@click.option("--tile", type=click.IntRange(min=0), help="Tile size in input pixels; 0 = whole image. Default: from free memory.")
-@click.option(
-    "--overlap", type=click.IntRange(min=0), help="Context around each tile in input pixels. Default: the model's receptive field."
-)
-@click.option("--batch", type=click.IntRange(min=1), help="Tiles per forward call. Default: from free memory.")
+@tiling_options
 @click.option("-r", "--recursive", is_flag=True, help="Descend into subfolders; outputs mirror the input tree under -o.")
 @click.option("--suffix", help="Added to output names. Default: _x{scale}.")
 @click.option("--format", "fmt", type=click.Choice(["same", *FORMATS]), default="same", show_default=True, help="Output format.")
@@ -76,16 +70,8 @@ def upscale(
 ) -> None:
     """Upscale images: files, folders and globs, tiled seamlessly, with nothing lost from the file."""
     started = time.perf_counter()
-    dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
-    loaded, plan = load_for_scale(model_ref, scale, device=dev, dtype=dtype, progress=not (quiet or as_json))
-    network = loaded.network
-    if tile is None:
-        tiles = auto_plan(network, loaded.scale, dev, dtype, overlap)
-        tiles = TilePlan(tiles.tile, tiles.overlap, batch or tiles.batch)
-    else:
-        tiles = TilePlan(tile, default_overlap(network) if overlap is None else overlap, batch or 1)
-    upscaler = Upscaler(network, loaded.scale, tiles)
+    loaded, plan, upscaler, dev, dtype = open_upscaler(model_ref, scale, tile, overlap, batch, device, precision, progress=not (quiet or as_json))
+    tiles = upscaler.plan
     settings = Settings(plan, fmt=fmt, quality=quality, alpha_mode=alpha_mode, overwrite=not skip_existing, allow_large=allow_large)
     jobs = plan_batch(
         inputs, out=output, recursive=recursive, suffix=suffix if suffix is not None else f"_x{format_scale(plan.target)}", fmt=fmt

@@ -9,12 +9,10 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..device import resolve_device, resolve_precision
 from ..registry import DEFAULT_MODEL
-from ..tiling import TilePlan, Upscaler, auto_plan, default_overlap
-from ..upscale import format_scale, load_for_scale
+from ..upscale import format_scale
 from ..video import EncodeSettings, VideoError, VideoJob, upscale_video
-from .common import RateColumn, device_options, fail, model_option, print_json, stderr
+from .common import RateColumn, device_options, fail, model_option, open_upscaler, print_json, stderr, tiling_options
 
 EXAMPLES = """\b
 Examples:
@@ -42,9 +40,7 @@ def _rate(value: str | None) -> Fraction | None:
 @click.argument("dst", type=click.Path(path_type=Path))
 @model_option(DEFAULT_MODEL)
 @click.option("-s", "--scale", type=float, help="Any factor > 1. Default: the model's scale.")
-@click.option("--tile", type=click.IntRange(min=0), help="Tile size in input pixels; 0 = whole frame. Default: from free memory.")
-@click.option("--overlap", type=click.IntRange(min=0), help="Context around each tile. Default: the model's receptive field.")
-@click.option("--batch", type=click.IntRange(min=1), help="Tiles per forward call. Default: from free memory.")
+@tiling_options
 @click.option("--codec", default="libx264", show_default=True, help="Any ffmpeg video encoder: libx264, libx265, libvpx-vp9, ffv1...")
 @click.option(
     "--crf", type=int, default=18, show_default=True, help="Constant-quality factor (ignored by codecs without one: pass --crf -1)."
@@ -92,14 +88,7 @@ def video(
 ) -> None:
     """Upscale a video: exact frame count and rate, every stream kept, resumable."""
     started = time.perf_counter()
-    dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
-    loaded, plan = load_for_scale(model_ref, scale, device=dev, dtype=dtype, progress=not (quiet or as_json))
-    if tile is None:
-        tiles = auto_plan(loaded.network, loaded.scale, dev, dtype, overlap)
-        tiles = TilePlan(tiles.tile, tiles.overlap, batch or tiles.batch)
-    else:
-        tiles = TilePlan(tile, default_overlap(loaded.network) if overlap is None else overlap, batch or 1)
+    loaded, plan, upscaler, dev, dtype = open_upscaler(model_ref, scale, tile, overlap, batch, device, precision, progress=not (quiet or as_json))
     encode = EncodeSettings(
         codec=codec,
         crf=None if crf is not None and crf < 0 else crf,
@@ -108,7 +97,7 @@ def video(
         fps=_rate(fps),
         extra=list(ffmpeg_args),
     )
-    job = VideoJob(src, dst, Upscaler(loaded.network, loaded.scale, tiles), plan, encode, model_key=f"{loaded.name}:{loaded.source}:{dtype}",
+    job = VideoJob(src, dst, upscaler, plan, encode, model_key=f"{loaded.name}:{loaded.source}:{dtype}",
                    segment_seconds=segment_seconds, resume=resume, overwrite=overwrite)  # fmt: skip
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
