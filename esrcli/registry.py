@@ -188,10 +188,6 @@ def fused_cache_path(entry: ModelEntry, weights: Weights) -> Path:
     return cache_dir() / "fused" / f"{entry.name}-x{weights.scale}-{weights.sha256[:16]}.safetensors"
 
 
-def is_cached(entry: ModelEntry, weights: Weights) -> bool:
-    return fused_cache_path(entry, weights).is_file()
-
-
 def _fuse_into_cache(entry: ModelEntry, weights: Weights, original: Path) -> Path:
     sd, metadata = read_state_dict(original)
     network = network_from_state_dict(sd, metadata, overrides=entry.args, source=str(original))

@@ -151,10 +151,6 @@ def _timing(path: Path, info: VideoInfo) -> VideoInfo:
     return info
 
 
-def list_streams(path: str | Path) -> list[Stream]:
-    return probe(path).streams
-
-
 # --- settings and the manifest ---------------------------------------------------------
 
 

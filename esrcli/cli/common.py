@@ -99,12 +99,24 @@ def open_model(model_ref: str, device: str, precision: str, *, scale: int | None
 def tiling_options(f: Callable) -> Callable:
     """--tile, --overlap and --batch, shared by `esr upscale` and `esr video`."""
     f = click.option("--batch", type=click.IntRange(min=1), help="Tiles per forward call. Default: from free memory.")(f)
-    f = click.option("--overlap", type=click.IntRange(min=0), help="Context around each tile, in input pixels. Default: the model's receptive field.")(f)
+    f = click.option(
+        "--overlap", type=click.IntRange(min=0), help="Context around each tile, in input pixels. Default: the model's receptive field."
+    )(f)
     f = click.option("--tile", type=click.IntRange(min=0), help="Tile size in input pixels; 0 = whole image. Default: from free memory.")(f)
     return f
 
 
-def open_upscaler(model_ref: str, scale: float | None, tile: int | None, overlap: int | None, batch: int | None, device: str, precision: str, *, progress: bool):
+def open_upscaler(
+    model_ref: str,
+    scale: float | None,
+    tile: int | None,
+    overlap: int | None,
+    batch: int | None,
+    device: str,
+    precision: str,
+    *,
+    progress: bool,
+):
     """The model variant for `scale`, its scale plan, and an Upscaler with the requested (or automatic) tiling."""
     from ..tiling import TilePlan, Upscaler, auto_plan, default_overlap
     from ..upscale import load_for_scale

@@ -70,7 +70,9 @@ def upscale(
 ) -> None:
     """Upscale images: files, folders and globs, tiled seamlessly, with nothing lost from the file."""
     started = time.perf_counter()
-    loaded, plan, upscaler, dev, dtype = open_upscaler(model_ref, scale, tile, overlap, batch, device, precision, progress=not (quiet or as_json))
+    loaded, plan, upscaler, dev, dtype = open_upscaler(
+        model_ref, scale, tile, overlap, batch, device, precision, progress=not (quiet or as_json)
+    )
     tiles = upscaler.plan
     settings = Settings(plan, fmt=fmt, quality=quality, alpha_mode=alpha_mode, overwrite=not skip_existing, allow_large=allow_large)
     jobs = plan_batch(

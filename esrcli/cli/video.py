@@ -88,7 +88,9 @@ def video(
 ) -> None:
     """Upscale a video: exact frame count and rate, every stream kept, resumable."""
     started = time.perf_counter()
-    loaded, plan, upscaler, dev, dtype = open_upscaler(model_ref, scale, tile, overlap, batch, device, precision, progress=not (quiet or as_json))
+    loaded, plan, upscaler, dev, dtype = open_upscaler(
+        model_ref, scale, tile, overlap, batch, device, precision, progress=not (quiet or as_json)
+    )
     encode = EncodeSettings(
         codec=codec,
         crf=None if crf is not None and crf < 0 else crf,

@@ -13,10 +13,6 @@ from .config import TrainConfig
 from .trainer import CHECKPOINT, TrainingError, build_network, student_depth
 
 
-def is_run_dir(path: str | Path) -> bool:
-    return (Path(path) / CHECKPOINT).is_file()
-
-
 def network_from_run(run_dir: str | Path, *, use_ema: bool = True) -> tuple[SRNet, TrainConfig, int]:
     """The run's network in inference form (EMA weights by default), its config and its step."""
     path = Path(run_dir) / CHECKPOINT
