@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -86,6 +88,9 @@ def test_safetensors_round_trip_keeps_metadata(tmp_path):
     x = torch.rand(1, 3, 12, 12)
     assert torch.equal(load_network(path)(x), net(x))
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any file the user writes
 
 
 def test_fp16_export_halves_the_file(tmp_path):
