@@ -21,7 +21,7 @@ from esrcli.train.config import ConfigError, TrainConfig
 from esrcli.train.data import PatchDataset
 from esrcli.train.export import export_run, network_from_run
 from esrcli.train.losses import dct2, frequency_aware, gradient_variance
-from esrcli.train.trainer import Trainer, extra_blocks_at, lr_factor
+from esrcli.train.trainer import Trainer, TrainingError, extra_blocks_at, lr_factor
 from esrcli.weights import load_network
 
 
@@ -310,3 +310,20 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(images, tmp_path):
     sync = [r for r in records if "ranks_in_sync" in r]
     assert sync and sync[-1]["ranks_in_sync"] is True and len(set(sync[-1]["rank_digests"])) == 1 and len(sync[-1]["rank_digests"]) == 2
     assert max(r["step"] for r in records) == 4
+
+
+def test_init_carries_an_x4_body_into_an_x2_run(images, tmp_path):
+    x4 = Trainer(config(images, **{"model.scale": 4, "model.form": "fused", "run.steps": 3}), tmp_path / "x4")
+    x4.fit()
+    cfg = config(images, **{"model.scale": 2, "model.form": "fused", "model.init": str(tmp_path / "x4")})
+    x2 = Trainer(cfg, tmp_path / "x2")
+    assert x2.left_at_init == ["upsampler.0.bias", "upsampler.0.weight"]
+    source = network_from_run(tmp_path / "x4")[0].state_dict()
+    for name, tensor in x2.network.state_dict().items():
+        if not name.startswith("upsampler"):
+            assert torch.equal(tensor, source[name].to(tensor.dtype)), name
+    x2.fit()  # and it trains from there
+    assert network_from_run(tmp_path / "x2")[0].scale == 2
+    wrong = config(images, **{"model.arch": "efdn", "model.form": "fused", "model.init": str(tmp_path / "x4")})
+    with pytest.raises(TrainingError, match="is a span model, but this run trains efdn"):
+        Trainer(wrong, tmp_path / "wrong")

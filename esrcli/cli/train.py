@@ -18,6 +18,7 @@ Examples:
   esr train --arch span --channels 26 --scale 4 --data photos/ --val val/ --out runs/span26
   esr train --config run.toml --out runs/a --set optim.lr=5e-4 --set run.steps=200000
   esr train --resume runs/span26                        continue after Ctrl-C or a crash
+  esr train --config x2.toml --out runs/x2 --init runs/span26   an x2 model from the x4 run's weights
   torchrun --nproc-per-node 2 -m esrcli train --config run.toml --out runs/ddp
   esr export runs/span26 --out span26_x4.safetensors    plain fused weights for -m
 """
@@ -106,6 +107,9 @@ def run_training(trainer: Trainer, quiet: bool) -> None:
                 progress.console.print(
                     f"training on {event['images']} images, {event['world']} process(es), from step {event['step']}", highlight=False
                 )
+                if trainer.cfg.model.init and event["step"] == 0:
+                    fresh = ", ".join(event["left_at_init"]) or "nothing"
+                    progress.console.print(f"started from {trainer.cfg.model.init}; left at initial values: {fresh}", highlight=False)
             elif kind == "interrupted":
                 progress.console.print(
                     f"interrupted: checkpoint saved at step {event['step']}; continue with esr train --resume {trainer.run_dir}",
@@ -169,6 +173,7 @@ def run_options(f):
 @click.option(
     "--form", type=click.Choice(["train", "fused"]), help="train: re-parameterisable branches (fused at export); fused: plain convs."
 )
+@click.option("--init", "init", metavar="MODEL", help="Start from these weights where names and shapes fit (e.g. x2 from an x4 model).")
 @run_options
 def train(
     config,
@@ -178,6 +183,7 @@ def train(
     channels,
     scale,
     form,
+    init,
     data,
     val,
     steps,
@@ -195,7 +201,24 @@ def train(
     """Train SPAN, EFDN, ESPAN or SPAN-F from images; export plain fused weights with esr export."""
     try:
         cfg = resolve_config(
-            config, resume, arch, channels, scale, form, data, val, steps, batch, lr_patch, lr, device, amp, seed, workers, settings
+            config,
+            resume,
+            arch,
+            channels,
+            scale,
+            form,
+            data,
+            val,
+            steps,
+            batch,
+            lr_patch,
+            lr,
+            device,
+            amp,
+            seed,
+            workers,
+            settings,
+            extra={"model.init": init},
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

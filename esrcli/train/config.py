@@ -19,6 +19,9 @@ class ModelConfig:
     scale: int = 4
     form: str = "train"  # "train": re-parameterisable branches, fused at export; "fused": plain convs
     args: dict[str, Any] = field(default_factory=dict)  # constructor arguments, e.g. channels
+    # Start from these weights (registry name, file or run folder) wherever names and shapes match,
+    # e.g. an x2 model from a trained x4 one: everything but the upsampler carries over.
+    init: str = ""
 
 
 @dataclass

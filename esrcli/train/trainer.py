@@ -95,6 +95,22 @@ def build_network(cfg: TrainConfig) -> SRNet:
     return build(cfg.model.arch, form=cfg.model.form, scale=cfg.model.scale, **args)
 
 
+def warm_start(network: nn.Module, ref: str) -> list[str]:
+    """Copy the tensors of `ref` whose names and shapes match into `network`; return the names left
+    at their initial values. The source is the fused model, so this suits form = "fused" runs."""
+    from ..registry import load_model
+
+    source = load_model(ref, progress=False).network
+    if source.arch != network.arch:
+        raise TrainingError(f"model.init '{ref}' is a {source.arch} model, but this run trains {network.arch}")
+    own, theirs = network.state_dict(), source.state_dict()
+    fits = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
+    if not any(k in fits for k, _ in network.named_parameters()):
+        raise TrainingError(f"model.init '{ref}': none of its weights fit this network (same arch, width and form?)")
+    network.load_state_dict(fits, strict=False)
+    return sorted(set(own) - set(fits))
+
+
 class AtDepth(nn.Module):
     """An ESPAN evaluated at one backbone depth (the student during self-distillation)."""
 
@@ -137,7 +153,11 @@ class Trainer:
         self.main = self.rank == 0
         self.amp = self._amp_dtype()
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-        self.network = (network if network is not None else build_network(cfg)).to(self.device)
+        self.network = network if network is not None else build_network(cfg)
+        self.left_at_init: list[str] = []  # with model.init: the tensors the source did not fit
+        if cfg.model.init and network is None and not resume and not cfg.lora.student:
+            self.left_at_init = warm_start(self.network, cfg.model.init)
+        self.network = self.network.to(self.device)
         if cfg.lora.student:  # the data follows the student's scale
             cfg.model.arch, cfg.model.scale = self.network.arch, self.network.scale
         if cfg.run.channels_last and self.device.type != "mps":
@@ -340,7 +360,16 @@ class Trainer:
         sources = load_sources(cfg.data.train, cfg.model.scale)
         dataset = PatchDataset(sources, cfg.model.scale, cfg.data.lr_patch, cfg.run.seed, self.rank)
         loader = make_loader(dataset, self.step, cfg.run.steps, cfg.data.batch, cfg.data.workers)
-        emit({"kind": "start", "step": self.step, "steps": cfg.run.steps, "images": len(dataset.sources), "world": self.world})
+        emit(
+            {
+                "kind": "start",
+                "step": self.step,
+                "steps": cfg.run.steps,
+                "images": len(dataset.sources),
+                "world": self.world,
+                "left_at_init": self.left_at_init,
+            }
+        )
         window_start, window_steps, total, count = time.perf_counter(), 0, 0.0, 0
         try:
             for lr, hr in loader:
