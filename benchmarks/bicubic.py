@@ -8,12 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from esrcli.bench import find_lr, list_images
-from esrcli.imresize import bicubic_downscale_uint8, imresize, mod_crop
-from esrcli.metrics import load_rgb, psnr, ssim
+from esrcli.bench import MatlabBicubic, evaluate_set
 
 
 def main() -> None:
@@ -22,18 +17,9 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--metric", default="y", choices=["y", "rgb"])
     args = parser.parse_args()
-    s = args.scale
     for folder in args.sets:
-        scores = []
-        for path in list_images(folder / "HR"):
-            hr = mod_crop(load_rgb(path), s)
-            lr_path = find_lr(folder, path, s)
-            lr = load_rgb(lr_path) if lr_path else bicubic_downscale_uint8(hr, s)
-            x = torch.from_numpy(lr).permute(2, 0, 1).double()
-            up = imresize(x, scale=s).round().clamp(0, 255).permute(1, 2, 0).numpy().astype(np.uint8)
-            scores.append((psnr(up, hr, s, args.metric), ssim(up, hr, s, args.metric)))
-        p, q = np.mean(scores, axis=0)
-        print(f"bicubic x{s} {folder.name}: {p:.2f} dB / {q:.4f} ({args.metric}, {len(scores)} images)")
+        score = evaluate_set(MatlabBicubic(args.scale), args.scale, folder, channel=args.metric)
+        print(f"bicubic x{args.scale} {folder.name}: {score.psnr:.2f} dB / {score.ssim:.4f} ({args.metric}, {score.images} images)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from .device import memory_format
-from .imresize import bicubic_downscale_uint8, mod_crop
+from .imresize import bicubic_downscale_uint8, imresize, mod_crop
 from .metrics import load_rgb, psnr, ssim, to_uint8
 
 IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
@@ -40,10 +41,22 @@ def find_lr(set_dir: Path, hr_path: Path, scale: int) -> Path | None:
     return None
 
 
+class MatlabBicubic(nn.Module):
+    """The bicubic baseline as a network, so it is scored by exactly the code that scores models."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+        self.register_buffer("dtype_anchor", torch.zeros((), dtype=torch.float64))  # evaluation runs it in float64
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return imresize(x.double(), scale=self.scale)
+
+
 @torch.inference_mode()
 def upscale_array(network: nn.Module, lr: np.ndarray) -> np.ndarray:
     """A whole uint8 HxWx3 image through the network (evaluation images are small: no tiling)."""
-    param = next(network.parameters())
+    param = next(itertools.chain(network.parameters(), network.buffers()))
     x = torch.from_numpy(lr).permute(2, 0, 1)[None].to(device=param.device, dtype=param.dtype) / 255.0
     x = x.contiguous(memory_format=memory_format(param.device))
     return to_uint8(network(x).float())

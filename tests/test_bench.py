@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from esrcli.bench import count_macs, evaluate_set, measure_speed
+from esrcli.bench import MatlabBicubic, count_macs, evaluate_set, measure_speed
+from esrcli.registry import DEFAULT_MODEL, load_model
 from esrcli.weights import load_network
 
 TOL = 0.02  # dB, for rounding differences
@@ -34,6 +35,20 @@ def test_published_figures_are_reproduced(shared_weights, benchmark_data, filena
         assert abs(score.psnr - want_psnr) <= TOL, f"{set_name}: {score.psnr:.3f} dB, published {want_psnr}"
         if want_ssim is not None:
             assert abs(score.ssim - want_ssim) <= 0.0005, f"{set_name}: SSIM {score.ssim:.4f}, published {want_ssim}"
+
+
+@pytest.mark.slow
+def test_embedded_x4_model_reaches_its_bar(benchmark_data):
+    """Issue 4's bar for the model `esr upscale` uses by default: Set5 >= 31.0 dB and bicubic + 1.5 dB
+    on Set14 and BSD100 (Y), bicubic scored here by the same code."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    network = load_model(DEFAULT_MODEL, scale=4, progress=False).network
+    set5 = evaluate_set(network, 4, benchmark_data / "Set5", with_ssim=False)
+    assert set5.psnr >= 31.0, f"Set5: {set5.psnr:.3f} dB"
+    for set_name in ("Set14", "BSD100"):
+        ours = evaluate_set(network, 4, benchmark_data / set_name, with_ssim=False)
+        bicubic = evaluate_set(MatlabBicubic(4), 4, benchmark_data / set_name, with_ssim=False)
+        assert ours.psnr >= bicubic.psnr + 1.5, f"{set_name}: {ours.psnr:.3f} dB, bicubic {bicubic.psnr:.3f} dB"
 
 
 def test_lr_is_made_with_matlab_bicubic_when_a_set_has_none(shared_weights, benchmark_data, tmp_path):
