@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# A real DSCLoRA run (issue 6): finetune SPAN-tiny with a frozen teacher on ../shared/data/train,
+# export the merged student, and score it next to the student (Y, Set5 / Set14 / BSD100).
+# Usage: bash benchmarks/dsclora.sh RUN_DIR [extra esr finetune-lora options, e.g. --set lora.affinity_weight=0]
+# Environment: SHARED (default ../shared), TEACHER (default the ESPAN file), STEPS, LR.
+set -euo pipefail
+run=${1:?usage: bash benchmarks/dsclora.sh RUN_DIR [options]}
+shift
+shared=${SHARED:-../shared}
+w=$shared/weights
+t=$shared/data/train
+b=$shared/data/benchmark
+teacher=${TEACHER:-$w/espan_x4_ntire25_team36.pth}
+student=$w/span_tiny_ch26_x4_ntire24_team39.pth
+
+# T91 is held out for validation; the benchmark sets are only scored, never trained or tuned on.
+start=$(date +%s)
+esr finetune-lora --teacher "$teacher" --student "$student" \
+  --data "$t/BSD200" --data "$t/Photos2K" --val "$t/T91" --out "$run" \
+  --steps "${STEPS:-300}" --batch 8 --lr-patch 32 --lr "${LR:-1e-5}" --workers 1 \
+  --set data.val_limit=0 --set run.val_every=50 --set run.log_every=25 --set optim.warmup=20 \
+  --quiet "$@"
+echo "finetune: $(( $(date +%s) - start )) s"
+esr export "$run" --out "$run/merged.safetensors"
+for m in "$student" "$run/merged.safetensors"; do
+  esr bench quality -m "$m" --data "$b/Set5" --data "$b/Set14" --data "$b/BSD100" --metric y --quiet
+done
