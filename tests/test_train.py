@@ -220,7 +220,8 @@ def esr_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "esrcli", *args]
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(images, tmp_path):
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "term"])
+def test_interrupt_saves_a_checkpoint_and_resume_finishes(images, tmp_path, signum, code):
     run = tmp_path / "run"
     args = [
         "train",
@@ -254,9 +255,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(images, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     stopped = state["step"]
     assert stopped >= 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -291,12 +292,26 @@ def _run(cfg: TrainConfig, out: Path | None, resume: Path | None, quiet: bool) -
     if not cfg.data.train:
         raise click.UsageError("no training data: pass --data DIR or set data.train in the config")
     trainer = Trainer(cfg, run_dir, resume=resume is not None)
+    # A scheduler's (or `kill`'s) SIGTERM saves a checkpoint like Ctrl-C does: background jobs
+    # started from scripts ignore SIGINT, so TERM is how they are stopped.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         run_training(trainer, quiet)
+    except Terminated:
+        sys.exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:
         sys.exit(130)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         trainer.close()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so the trainer's interrupt handling saves the run."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 __all__ = ["train", "export", "finetune_lora", "TrainingError"]
