@@ -220,8 +220,9 @@ def esr_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "esrcli", *args]
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "term"])
-def test_interrupt_saves_a_checkpoint_and_resume_finishes(images, tmp_path, signum, code):
+@pytest.mark.parametrize("signum,code,workers", [(signal.SIGINT, 130, 0), (signal.SIGTERM, 143, 1)], ids=["ctrl-c", "term-group"])
+def test_interrupt_saves_a_checkpoint_and_resume_finishes(images, tmp_path, signum, code, workers):
+    """Ctrl-C, and a SIGTERM to the whole process group (as schedulers send it), DataLoader worker included."""
     run = tmp_path / "run"
     args = [
         "train",
@@ -242,7 +243,7 @@ def test_interrupt_saves_a_checkpoint_and_resume_finishes(images, tmp_path, sign
         "--lr-patch",
         "12",
         "--workers",
-        "0",
+        str(workers),
         "--device",
         "cpu",
         "--quiet",
@@ -251,13 +252,14 @@ def test_interrupt_saves_a_checkpoint_and_resume_finishes(images, tmp_path, sign
         "--set",
         "run.log_every=1",
     ]
-    proc = subprocess.Popen(esr_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(esr_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
         time.sleep(0.2)
-    proc.send_signal(signum)
+    os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     stopped = state["step"]
     assert stopped >= 3

@@ -7,6 +7,7 @@ Decoded images are cached in memory once, before the workers fork, and shared wi
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,12 @@ class StepSampler(Sampler[int]):
         return (self.stop - self.start) * self.batch
 
 
+def _ignore_termination(_worker_id: int) -> None:
+    """A SIGTERM sent to the whole process group is for the main process, which saves the run and
+    then shuts its workers down; a worker dying first would turn that into a DataLoader error."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(dataset: PatchDataset, start: int, stop: int, batch: int, workers: int) -> DataLoader:
     return DataLoader(
         dataset,
@@ -108,4 +115,5 @@ def make_loader(dataset: PatchDataset, start: int, stop: int, batch: int, worker
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
         drop_last=True,
+        worker_init_fn=_ignore_termination if workers else None,
     )
