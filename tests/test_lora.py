@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from esrcli.cli import main
 from esrcli.lora import DSCLORA_GROUPS, ConvLoRA, add_lora, affinity_loss, count, lora_parameters
 from esrcli.train.config import TrainConfig
 from esrcli.train.export import export_run
-from esrcli.train.trainer import Trainer
+from esrcli.train.trainer import Trainer, TrainingError
 from esrcli.weights import load_network, save_network
 
 
@@ -126,6 +128,23 @@ def test_finetune_with_a_wider_teacher_exports_a_plain_student(images, tmp_path)
     assert torch.allclose(fused(x), merged(x), atol=1e-6)
     up = CliRunner().invoke(main, ["upscale", str(images / "0.png"), "-m", str(out), "-o", str(tmp_path / "up.png")])
     assert up.exit_code == 0, up.output
+
+
+def test_pure_distillation_needs_no_hr_term_but_some_term(images, tmp_path):
+    """loss.l1 = 0 is DSCLoRA supervised by the teacher alone; with every term at zero the run is refused."""
+    save_network(build("span", channels=8, scale=2).eval(), tmp_path / "s.safetensors")
+    cfg = TrainConfig()
+    for key, value in {"lora.student": str(tmp_path / "s.safetensors"), "lora.teacher": str(tmp_path / "s.safetensors"), "run.steps": 2,
+                       "data.lr_patch": 16, "data.batch": 2, "data.workers": 0, "run.device": "cpu", "loss.l1": 0.0}.items():  # fmt: skip
+        cfg.set(key, value)
+    cfg.data.train = [str(images)]
+    Trainer(cfg, tmp_path / "run").fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert records and "l1" not in records[-1] and "teacher" in records[-1]
+    cfg.set("lora.teacher_weight", 0.0)
+    cfg.set("lora.affinity_weight", 0.0)
+    with pytest.raises(TrainingError, match="every loss weight is zero"):
+        Trainer(cfg, tmp_path / "none")
 
 
 def test_a_lora_run_resumes(images, tmp_path):

@@ -28,7 +28,7 @@ from ..bench import evaluate_set
 from ..device import resolve_device
 from .config import TrainConfig
 from .data import PatchDataset, load_sources, make_loader
-from .losses import build_loss
+from .losses import build_loss, has_terms
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.toml"
@@ -178,6 +178,9 @@ class Trainer:
             from .distill import Distillation
 
             self.loss_hook = Distillation(cfg.lora, self.network, self.device)
+        distills = bool(cfg.lora.student) and bool(cfg.lora.teacher_weight or cfg.lora.affinity_weight)
+        if not has_terms(cfg.loss) and not distills and loss_hook is None:
+            raise TrainingError("every loss weight is zero: set one of loss.l1, l2, charbonnier, gv, freq (or a lora teacher term)")
         self.step = 0
         if resume:
             self.load()
