@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
@@ -25,61 +26,62 @@ Examples:
 """
 
 
-def resolve_config(
-    config,
-    resume,
-    arch,
-    channels,
-    scale,
-    form,
-    data,
-    val,
-    steps,
-    batch,
-    lr_patch,
-    lr,
-    device,
-    amp,
-    seed,
-    workers,
-    settings,
-    base=None,
-    extra=None,
-) -> TrainConfig:
+# click parameter -> config key: flags override the config file (or a resumed run's), --set overrides both.
+FLAG_KEYS = {
+    "arch": "model.arch",
+    "scale": "model.scale",
+    "form": "model.form",
+    "init": "model.init",
+    "val": "data.val",
+    "steps": "run.steps",
+    "batch": "data.batch",
+    "lr_patch": "data.lr_patch",
+    "lr": "optim.lr",
+    "device": "run.device",
+    "amp": "run.amp",
+    "seed": "run.seed",
+    "workers": "data.workers",
+    "teacher": "lora.teacher",
+    "student": "lora.student",
+}
+
+
+def resolve_config(options: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     """Defaults, then a file (or the run's own config when resuming), then flags, then --set: later wins."""
+    config, resume = options.get("config"), options.get("resume")
     if resume is not None:
         cfg = TrainConfig.from_toml(resume / CONFIG)
     elif config is not None:
         cfg = TrainConfig.from_toml(config, base=base)
     else:
         cfg = base or TrainConfig()
-    flags = {
-        "model.arch": arch,
-        "model.scale": scale,
-        "model.form": form,
-        "data.val": val,
-        "run.steps": steps,
-        "data.batch": batch,
-        "data.lr_patch": lr_patch,
-        "optim.lr": lr,
-        "run.device": device,
-        "run.amp": amp,
-        "run.seed": seed,
-        "data.workers": workers,
-    }
-    for key, value in {**flags, **(extra or {})}.items():
-        if value is not None:
-            cfg.set(key, value, "command line")
-    if data:
-        cfg.data.train = [str(d) for d in data]
-    if channels is not None:
-        cfg.model.args["channels"] = channels
-    for item in settings:
+    for name, key in FLAG_KEYS.items():
+        if options.get(name) is not None:
+            cfg.set(key, options[name], "command line")
+    if options.get("data"):
+        cfg.data.train = [str(d) for d in options["data"]]
+    if options.get("channels") is not None:
+        cfg.model.args["channels"] = options["channels"]
+    for item in options.get("settings", ()):
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
         cfg.set(key.strip(), value.strip(), "--set")
     return cfg
+
+
+def configure_and_run(options: dict[str, Any], base: TrainConfig | None = None, *, lora: bool = False) -> None:
+    """The body shared by `esr train` and `esr finetune-lora`: resolve, maybe print, then train."""
+    try:
+        cfg = resolve_config(options, base)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if options["print_config"]:
+        stdout.print(cfg.to_toml(), highlight=False, markup=False)
+        return
+    if lora and not (cfg.lora.teacher and cfg.lora.student):
+        raise click.UsageError("pass --teacher and --student")
+    _run(cfg, options["out"], options["resume"], options["quiet"])
 
 
 def run_training(trainer: Trainer, quiet: bool) -> None:
@@ -176,57 +178,9 @@ def run_options(f):
 )
 @click.option("--init", "init", metavar="MODEL", help="Start from these weights where names and shapes fit (e.g. x2 from an x4 model).")
 @run_options
-def train(
-    config,
-    out,
-    resume,
-    arch,
-    channels,
-    scale,
-    form,
-    init,
-    data,
-    val,
-    steps,
-    batch,
-    lr_patch,
-    lr,
-    workers,
-    device,
-    amp,
-    seed,
-    settings,
-    print_config,
-    quiet,
-) -> None:
+def train(**options: Any) -> None:
     """Train SPAN, EFDN, ESPAN or SPAN-F from images; export plain fused weights with esr export."""
-    try:
-        cfg = resolve_config(
-            config,
-            resume,
-            arch,
-            channels,
-            scale,
-            form,
-            data,
-            val,
-            steps,
-            batch,
-            lr_patch,
-            lr,
-            device,
-            amp,
-            seed,
-            workers,
-            settings,
-            extra={"model.init": init},
-        )
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    if print_config:
-        stdout.print(cfg.to_toml(), highlight=False, markup=False)
-        return
-    _run(cfg, out, resume, quiet)
+    configure_and_run(options)
 
 
 @click.command("export")
@@ -270,21 +224,9 @@ Examples:
 @click.option("--teacher", help="The frozen teacher: registry name, weight file or run folder.")
 @click.option("--student", help="The student to improve: registry name, weight file or run folder.")
 @run_options
-def finetune_lora(
-    teacher, student, config, out, resume, data, val, steps, batch, lr_patch, lr, workers, device, amp, seed, settings, print_config, quiet
-) -> None:
+def finetune_lora(**options: Any) -> None:
     """Finetune a student with ConvLoRA under a teacher's supervision (DSCLoRA), then merge."""
-    try:
-        cfg = resolve_config(config, resume, None, None, None, None, data, val, steps, batch, lr_patch, lr, device, amp, seed, workers, settings,
-                             base=finetune_defaults(), extra={"lora.teacher": teacher, "lora.student": student})  # fmt: skip
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    if print_config:
-        stdout.print(cfg.to_toml(), highlight=False, markup=False)
-        return
-    if not (cfg.lora.teacher and cfg.lora.student):
-        raise click.UsageError("pass --teacher and --student")
-    _run(cfg, out, resume, quiet)
+    configure_and_run(options, base=finetune_defaults(), lora=True)
 
 
 def _run(cfg: TrainConfig, out: Path | None, resume: Path | None, quiet: bool) -> None:
