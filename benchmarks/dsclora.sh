@@ -2,7 +2,8 @@
 # A real DSCLoRA run (issue 6): finetune SPAN-tiny with a frozen teacher on ../shared/data/train,
 # export the merged student, and score it next to the student (Y, Set5 / Set14 / BSD100).
 # Usage: bash benchmarks/dsclora.sh RUN_DIR [extra esr finetune-lora options, e.g. --set lora.affinity_weight=0]
-# Environment: SHARED (default ../shared), TEACHER (default the ESPAN file), STEPS, LR.
+# Environment: SHARED (default ../shared), TEACHER (default the ESPAN file), STEPS, LR, PATCH (LR patch, 48),
+# BORDER (LR pixels at each patch edge left out of the losses, 8).
 set -euo pipefail
 run=${1:?usage: bash benchmarks/dsclora.sh RUN_DIR [options]}
 shift
@@ -17,7 +18,7 @@ student=$w/span_tiny_ch26_x4_ntire24_team39.pth
 start=$(date +%s)
 esr finetune-lora --teacher "$teacher" --student "$student" \
   --data "$t/BSD200" --data "$t/Photos2K" --val "$t/T91" --out "$run" \
-  --steps "${STEPS:-300}" --batch 8 --lr-patch 32 --lr "${LR:-1e-5}" --workers 1 \
+  --steps "${STEPS:-300}" --batch 8 --lr-patch "${PATCH:-48}" --set loss.border="${BORDER:-8}" --lr "${LR:-1e-5}" --workers 1 \
   --set data.val_limit=0 --set run.val_every=50 --set run.log_every=25 --set optim.warmup=20 \
   --quiet "$@"
 echo "finetune: $(( $(date +%s) - start )) s"

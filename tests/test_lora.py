@@ -12,9 +12,10 @@ from PIL import Image
 
 from esrcli.archs import build, fused_state_dict
 from esrcli.cli import main
-from esrcli.lora import DSCLORA_GROUPS, ConvLoRA, add_lora, affinity_loss, count, lora_parameters
+from esrcli.lora import DSCLORA_GROUPS, ConvLoRA, add_lora, affinity_loss, count, lora_parameters, taps
 from esrcli.train.config import TrainConfig
 from esrcli.train.export import export_run
+from esrcli.train.losses import trim
 from esrcli.train.trainer import Trainer, TrainingError
 from esrcli.weights import load_network, save_network
 
@@ -112,7 +113,7 @@ def test_finetune_with_a_wider_teacher_exports_a_plain_student(images, tmp_path)
     save_network(build("span", channels=8, scale=2).eval(), tmp_path / "student.safetensors")
     result = CliRunner().invoke(main, ["finetune-lora", "--teacher", str(tmp_path / "teacher.safetensors"), "--student", str(tmp_path / "student.safetensors"),
                                        "--data", str(images), "--val", str(images), "--out", str(tmp_path / "run"), "--steps", "4", "--batch", "2",
-                                       "--lr-patch", "16", "--workers", "0", "--device", "cpu", "--quiet", "--set", "run.log_every=1"])  # fmt: skip
+                                       "--lr-patch", "24", "--workers", "0", "--device", "cpu", "--quiet", "--set", "run.log_every=1"])  # fmt: skip
     assert result.exit_code == 0, result.output
     records = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert '"teacher"' in records and '"affinity"' in records
@@ -161,3 +162,30 @@ def test_a_lora_run_resumes(images, tmp_path):
     assert resumed.step == 2
     resumed.fit()
     assert resumed.step == 3
+
+
+def test_distillation_leaves_the_patch_border_out_of_both_teacher_terms(images, tmp_path):
+    """With loss.border the teacher L1 and the affinities are taken on the patch's interior only:
+    near a cut edge both networks see zero padding that a whole image does not have there."""
+    torch.manual_seed(0)
+    save_network(build("span", channels=12, scale=2).eval(), tmp_path / "t.safetensors")
+    save_network(build("span", channels=8, scale=2).eval(), tmp_path / "s.safetensors")
+    cfg = TrainConfig()
+    for key, value in {"lora.student": str(tmp_path / "s.safetensors"), "lora.teacher": str(tmp_path / "t.safetensors"), "loss.border": 4,
+                       "data.lr_patch": 16, "data.batch": 2, "data.workers": 0, "run.device": "cpu", "run.channels_last": False}.items():  # fmt: skip
+        cfg.set(key, value)
+    cfg.data.train = [str(images)]
+    trainer = Trainer(cfg, tmp_path / "run")
+    lr, hr = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        _, parts = trainer._forward_loss(lr, hr)
+        teacher, student = load_network(tmp_path / "t.safetensors").eval(), load_network(tmp_path / "s.safetensors").eval()
+        with taps(student, cfg.lora.taps) as fs, taps(teacher, cfg.lora.taps) as ft:
+            sr_s, sr_t = student(lr), teacher(lr)
+        inner = float(torch.nn.functional.l1_loss(trim(sr_s, 8), trim(sr_t, 8)))
+        whole = float(torch.nn.functional.l1_loss(sr_s, sr_t))
+        aff_inner = sum(float(affinity_loss(trim(fs[n], 4), trim(ft[n], 4))) for n in fs)
+        aff_whole = sum(float(affinity_loss(fs[n], ft[n])) for n in fs)
+    assert len(fs) == 9 and abs(whole - inner) > 1e-4 and abs(aff_whole - aff_inner) > 1e-3  # the border matters here
+    assert parts["teacher"] == pytest.approx(inner, rel=1e-5)
+    assert parts["affinity"] == pytest.approx(cfg.lora.affinity_weight * aff_inner, rel=1e-4)

@@ -179,6 +179,25 @@ def test_espan_self_distillation_shrinks_to_the_student(images, tmp_path):
     assert step == 6 and network.n_blocks == 2 and network.form == "fused"
 
 
+def test_loss_border_hides_the_patch_edges_from_every_loss(images, tmp_path):
+    """loss.border = b: HR pixels within b * scale of a patch edge change no loss term; inside they do."""
+    cfg = config(images, **{"loss.border": 2, "loss.gv": 0.5, "loss.freq": 0.5, "run.channels_last": False})
+    trainer = Trainer(cfg, tmp_path / "run")
+    lr, hr = fixed_batch(cfg, images)
+    edge = 2 * cfg.model.scale
+    noisy_edge, noisy_inside = hr.clone(), hr.clone()
+    noisy_edge[..., :edge, :], noisy_edge[..., :, -edge:] = torch.rand_like(hr[..., :edge, :]), torch.rand_like(hr[..., :, -edge:])
+    noisy_inside[..., edge : edge + 3, edge : edge + 3] = torch.rand_like(hr[..., edge : edge + 3, edge : edge + 3])
+    with torch.no_grad():
+        (base, parts), (at_edge, _), (inside, _) = (trainer._forward_loss(lr, h) for h in (hr, noisy_edge, noisy_inside))
+    assert set(parts) == {"l1", "gv", "freq"} and float(at_edge) == float(base) and float(inside) != float(base)
+    without = Trainer(config(images, **{"run.channels_last": False}), tmp_path / "plain")
+    with torch.no_grad():
+        assert float(without._forward_loss(lr, noisy_edge)[0]) != float(without._forward_loss(lr, hr)[0])
+    with pytest.raises(TrainingError, match="loss.border 6 leaves nothing of an LR patch of 12 px"):
+        Trainer(config(images, **{"loss.border": 6}), tmp_path / "too-wide")
+
+
 def test_schedules():
     cfg = TrainConfig()
     cfg.run.steps, cfg.optim.warmup = 100, 10

@@ -46,6 +46,11 @@ class LossConfig:
     freq: float = 0.0  # ESPAN's frequency-aware loss: L2 + freq_alpha * HF + freq_beta * DCT
     freq_alpha: float = 1.0
     freq_beta: float = 0.001
+    # LR pixels at each edge of a training patch that no loss sees. A conv net zero-pads every layer,
+    # so near a patch's edge its output depends on where the patch was cut; in a whole image that
+    # happens only at the image's own edges. Without a border a finetune on small patches mostly
+    # learns the patch edges (SPAN-tiny: 75% of a 32 px patch lies within 8 px of an edge).
+    border: int = 0
 
 
 @dataclass

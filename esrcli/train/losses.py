@@ -89,6 +89,13 @@ def frequency_aware(sr: Tensor, hr: Tensor, alpha: float = 1.0, beta: float = 0.
     }
 
 
+def trim(x: Tensor, pixels: int) -> Tensor:
+    """`x` without `pixels` rows and columns at each edge."""
+    if pixels <= 0:
+        return x
+    return x[..., pixels : x.shape[-2] - pixels, pixels : x.shape[-1] - pixels]
+
+
 def has_terms(cfg: LossConfig) -> bool:
     return any((cfg.l1, cfg.l2, cfg.charbonnier, cfg.gv, cfg.freq))
 

@@ -28,7 +28,7 @@ from ..bench import evaluate_set
 from ..device import resolve_device
 from .config import TrainConfig
 from .data import PatchDataset, load_sources, make_loader
-from .losses import build_loss, has_terms
+from .losses import build_loss, has_terms, trim
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.toml"
@@ -172,12 +172,16 @@ class Trainer:
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(cfg, step))
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+        if cfg.loss.border < 0 or 2 * cfg.loss.border >= cfg.data.lr_patch:
+            raise TrainingError(
+                f"loss.border {cfg.loss.border} leaves nothing of an LR patch of {cfg.data.lr_patch} px: use 0 to {(cfg.data.lr_patch - 1) // 2}"
+            )
         self.loss_fn = build_loss(cfg.loss)
-        self.loss_hook = loss_hook  # extra terms: (lr, sr, hr) -> (loss, parts)
+        self.loss_hook = loss_hook  # extra terms: (lr, sr, hr) -> (loss, parts), sr and hr without the border
         if self.loss_hook is None and cfg.lora.student:
             from .distill import Distillation
 
-            self.loss_hook = Distillation(cfg.lora, self.network, self.device)
+            self.loss_hook = Distillation(cfg.lora, self.network, self.device, border=cfg.loss.border)
         distills = bool(cfg.lora.student) and bool(cfg.lora.teacher_weight or cfg.lora.affinity_weight)
         if not has_terms(cfg.loss) and not distills and loss_hook is None:
             raise TrainingError("every loss weight is zero: set one of loss.l1, l2, charbonnier, gv, freq (or a lora teacher term)")
@@ -264,14 +268,17 @@ class Trainer:
     # --- steps ----------------------------------------------------------------------------
 
     def _forward_loss(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The step's loss on the patch without its border (loss.border): the network sees all of `lr`."""
         cfg = self.cfg
+        edge = cfg.loss.border * cfg.model.scale
+        hr = trim(hr, edge)
         if cfg.recipe.name == "espan-sd":
             depth = student_depth(cfg)
             extra = extra_blocks_at(cfg, self.step)
             if extra == 0:
                 (sr,) = self.model(lr, depths=(depth,))
-                return self.loss_fn(sr.float(), hr)
-            stu, tea = (y.float() for y in self.model(lr, depths=(depth, depth + extra)))
+                return self.loss_fn(trim(sr.float(), edge), hr)
+            stu, tea = (trim(y.float(), edge) for y in self.model(lr, depths=(depth, depth + extra)))
             l_stu, parts = self.loss_fn(stu, hr)
             l_tea, _ = self.loss_fn(tea, hr)
             with torch.no_grad():
@@ -279,7 +286,7 @@ class Trainer:
             l_sd = F.mse_loss((tea.detach() - stu) * mask, torch.zeros_like(stu))
             parts = {**parts, "teacher": float(l_tea.detach()), "sd": float(l_sd.detach()) * cfg.recipe.sd_weight}
             return l_stu + l_tea + cfg.recipe.sd_weight * l_sd, parts
-        sr = self.model(lr).float()
+        sr = trim(self.model(lr).float(), edge)
         loss, parts = self.loss_fn(sr, hr)
         if self.loss_hook is not None:
             extra_loss, extra_parts = self.loss_hook(lr, sr, hr)
