@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ class SetScore:
     psnr: float
     ssim: float
     images: int
+    per_image: dict[str, float] = field(default_factory=dict)  # PSNR by file stem: a mean hides trade-offs
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -97,7 +98,7 @@ def evaluate_set(
         ssims.append(ssim(sr, hr, crop, channel) if with_ssim else float("nan"))
         if on_image:
             on_image(path)
-    return SetScore(float(np.mean(psnrs)), float(np.mean(ssims)), len(paths))
+    return SetScore(float(np.mean(psnrs)), float(np.mean(ssims)), len(paths), dict(zip((p.stem for p in paths), psnrs)))
 
 
 def count_macs(network: nn.Module, shape: tuple[int, int, int, int]) -> int:

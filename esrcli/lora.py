@@ -85,6 +85,19 @@ def add_lora(network: nn.Module, groups: Sequence[LoRAGroup] = DSCLORA_GROUPS) -
     return wrapped
 
 
+def set_strength(network: nn.Module, strength: float) -> int:
+    """Scale every adapter's update: the merge then gives W + strength * dW.
+
+    Strength below 1 interpolates between the student and the finetune in weight space (as WiSE-FT
+    does): a finetune on a few hundred images helps some images and hurts others, and a shorter step
+    along its direction can keep the gains while losing less on images unlike the training set.
+    Returns how many adapters were scaled."""
+    adapters = [m for m in network.modules() if isinstance(m, ConvLoRA)]
+    for m in adapters:
+        m.scaling = strength * m.alpha / m.rank
+    return len(adapters)
+
+
 def lora_parameters(network: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in network.named_parameters() if n.endswith(("lora_A", "lora_B"))]
 

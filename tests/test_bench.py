@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,6 +68,9 @@ def test_lr_is_made_with_matlab_bicubic_when_a_set_has_none(shared_weights, benc
     given = evaluate_set(network, 4, benchmark_data / "Set5")
     assert made.images == given.images == 5
     assert abs(made.psnr - given.psnr) < 0.005
+    assert sorted(given.per_image) == ["baby", "bird", "butterfly", "head", "woman"]
+    assert abs(np.mean(list(given.per_image.values())) - given.psnr) < 1e-9
+    assert max(given.per_image.values()) - min(given.per_image.values()) > 1  # real per-image values, not the mean
 
 
 def test_cli_quality_json(shared_weights, benchmark_data):

@@ -129,6 +129,15 @@ def test_finetune_with_a_wider_teacher_exports_a_plain_student(images, tmp_path)
     assert torch.allclose(fused(x), merged(x), atol=1e-6)
     up = CliRunner().invoke(main, ["upscale", str(images / "0.png"), "-m", str(out), "-o", str(tmp_path / "up.png")])
     assert up.exit_code == 0, up.output
+    # --strength s merges W + s * dW: 0 is the student itself, 0.5 the weight-space midpoint.
+    for s in ("0", "0.5"):
+        r = CliRunner().invoke(main, ["export", str(tmp_path / "run"), "--out", str(tmp_path / f"s{s}.safetensors"), "--strength", s])
+        assert r.exit_code == 0, r.output
+    zero, half, full = (load_network(tmp_path / f).state_dict() for f in ("s0.safetensors", "s0.5.safetensors", "merged.safetensors"))
+    assert all(torch.equal(zero[k], v) for k, v in plain.state_dict().items())
+    assert all(torch.allclose(half[k], (zero[k] + full[k]) / 2, atol=1e-7) for k in zero)
+    changed = [k for k in zero if not torch.equal(zero[k], full[k])]
+    assert changed and all(k.endswith("weight") for k in changed)  # adapters touch weights only, never biases
 
 
 def test_pure_distillation_needs_no_hr_term_but_some_term(images, tmp_path):

@@ -164,6 +164,8 @@ def test_export_loads_anywhere_with_the_graph_output(images, tmp_path):
     result = CliRunner().invoke(main, ["upscale", str(images / "img0.png"), "-m", str(out), "-o", str(tmp_path / "up.png")])
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "up.png").size == (224, 192)
+    refused = CliRunner().invoke(main, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "s.safetensors"), "--strength", "0.5"])
+    assert refused.exit_code != 0 and "not a LoRA run" in refused.output and not (tmp_path / "s.safetensors").exists()
 
 
 def test_espan_self_distillation_shrinks_to_the_student(images, tmp_path):

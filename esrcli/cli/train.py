@@ -188,12 +188,19 @@ def train(**options: Any) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The .safetensors file to write.")
 @click.option("--fp16", is_flag=True, help="Store half-precision weights (half the size).")
 @click.option("--raw", is_flag=True, help="Export the raw weights instead of their EMA.")
+@click.option(
+    "--strength",
+    type=click.FloatRange(0, None),
+    default=1.0,
+    show_default=True,
+    help="LoRA runs: merge W + STRENGTH * dW. Below 1, a shorter step from the student along the finetune.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def export(run_dir: Path, out: Path, fp16: bool, raw: bool, as_json: bool) -> None:
+def export(run_dir: Path, out: Path, fp16: bool, raw: bool, strength: float, as_json: bool) -> None:
     """Write a run's weights as plain fused safetensors that -m loads anywhere."""
     from ..train.export import export_run
 
-    path = export_run(run_dir, out, dtype=torch.float16 if fp16 else torch.float32, use_ema=not raw)
+    path = export_run(run_dir, out, dtype=torch.float16 if fp16 else torch.float32, use_ema=not raw, strength=strength)
     if as_json:
         print_json({"run": str(run_dir), "out": str(path), "bytes": path.stat().st_size})
     else:
