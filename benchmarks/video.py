@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from esrcli.registry import load_model
+from esrcli.scaling import Pipeline, plan_scale
 from esrcli.tiling import Upscaler, auto_plan
-from esrcli.upscale import plan_scale
 from esrcli.video import FFMPEG, EncodeSettings, VideoJob, upscale_video
 
 
@@ -50,8 +50,7 @@ def main() -> None:
     job = VideoJob(
         clip,
         work / "out.mp4",
-        upscaler,
-        plan_scale([loaded.scale], loaded.scale),
+        Pipeline(plan_scale([loaded.scale], loaded.scale), {loaded.scale: upscaler}),
         EncodeSettings(extra=args.ffmpeg_arg),
         model_key="bench",
         overwrite=True,

@@ -13,10 +13,16 @@ import torch
 from torch import nn
 
 from .device import memory_format
+from .errors import EsrError
+from .imagefile import read_rgb8
 from .imresize import bicubic_downscale_uint8, imresize, mod_crop
-from .metrics import load_rgb, psnr, ssim, to_uint8
+from .metrics import psnr, ssim, to_uint8
 
 IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
+
+
+class BenchmarkSetError(EsrError, ValueError):
+    """A benchmark or validation set esr cannot score: missing, empty, or with mismatched LR files."""
 
 
 @dataclass
@@ -81,18 +87,21 @@ def evaluate_set(
     """
     hr_dir = set_dir / "HR" if (set_dir / "HR").is_dir() else set_dir
     if not hr_dir.is_dir():
-        raise FileNotFoundError(f"{set_dir}: not a folder (a set holds HR/ and optionally LR_bicubic/X{scale}/, or just images)")
+        raise BenchmarkSetError(f"{set_dir}: not a folder (a set holds HR/ and optionally LR_bicubic/X{scale}/, or just images)")
     paths = list_images(hr_dir)[:limit]
     if not paths:
-        raise FileNotFoundError(f"{hr_dir}: no images")
+        raise BenchmarkSetError(f"{hr_dir}: no images")
     crop = scale if crop is None else crop
     psnrs, ssims = [], []
     for path in paths:
-        hr = mod_crop(load_rgb(path), scale)
+        hr = mod_crop(read_rgb8(path), scale)
         lr_path = find_lr(set_dir, path, scale)
-        lr = load_rgb(lr_path) if lr_path else bicubic_downscale_uint8(hr, scale)
+        lr = read_rgb8(lr_path) if lr_path else bicubic_downscale_uint8(hr, scale)
         if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
-            raise ValueError(f"{lr_path}: {lr.shape[1]}x{lr.shape[0]} is not HR {hr.shape[1]}x{hr.shape[0]} / {scale}")
+            raise BenchmarkSetError(
+                f"{lr_path}: {lr.shape[1]}x{lr.shape[0]} is not its HR image's {hr.shape[1]}x{hr.shape[0]} / {scale}; "
+                f"is LR_bicubic/X{scale}/ for another scale or another crop?"
+            )
         sr = upscale_array(network, lr)
         psnrs.append(psnr(sr, hr, crop, channel))
         ssims.append(ssim(sr, hr, crop, channel) if with_ssim else float("nan"))

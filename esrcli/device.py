@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from .errors import EsrError
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class DeviceError(ValueError):
+class DeviceError(EsrError, ValueError):
     pass
 
 

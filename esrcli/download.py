@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import urllib.error
 import urllib.parse
@@ -23,7 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .atomic import atomic_write
+from .errors import EsrError
+
 __all__ = [
+    "BadReference",
     "ChecksumMismatch",
     "DownloadError",
     "HubSource",
@@ -53,7 +58,7 @@ _TIMEOUT_S = 30.0
 # --------------------------------------------------------------------------------------------
 
 
-class DownloadError(Exception):
+class DownloadError(EsrError):
     """A source could not be turned into a usable file; the message is one line for the CLI.
 
     ``reason`` holds the bare cause (without the model prefix) so ``fetch_first`` can summarise
@@ -75,6 +80,13 @@ class ChecksumMismatch(DownloadError):
 
 class OfflineError(DownloadError):
     """Offline mode forbids the network and the file is not in the cache."""
+
+
+class BadReference(EsrError, ValueError):
+    """A model reference that does not parse, such as hf://owner."""
+
+
+HF_FORM = "hf://owner/repo/path/to/file[@revision]"
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +167,7 @@ class HubSource:
         """
         prefix = "hf://"
         if not uri.startswith(prefix):
-            raise ValueError(f"not a Hub URI (expected 'hf://owner/repo/file'): {uri!r}")
+            raise BadReference(f"{uri}: not a Hub reference; expected {HF_FORM}")
         body = uri[len(prefix) :]
         revision = "main"
         segs = body.split("/")
@@ -164,12 +176,13 @@ class HubSource:
             body = "/".join(segs)
         elif "@" in body:  # hf://owner/repo/path@rev
             body, revision = body.rsplit("@", 1)
-        if not revision:
-            raise ValueError(f"empty revision after '@' in {uri!r}")
         segs = body.split("/")
-        if len(segs) < 3 or any(s in ("", ".", "..") for s in segs):
-            raise ValueError(f"invalid Hub URI {uri!r}: expected 'hf://owner/repo/path/to/file[@revision]'")
-        return cls(repo_id="/".join(segs[:2]), filename="/".join(segs[2:]), revision=revision)
+        if not revision or len(segs) < 3 or any(s in ("", ".", "..") for s in segs):
+            raise BadReference(f"{uri}: not a Hub file reference; expected {HF_FORM}")
+        try:
+            return cls(repo_id="/".join(segs[:2]), filename="/".join(segs[2:]), revision=revision)
+        except ValueError as exc:
+            raise BadReference(f"{uri}: {exc}; expected {HF_FORM}") from None
 
     @property
     def uri(self) -> str:
@@ -267,9 +280,8 @@ def _first_line(exc: BaseException) -> str:
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """A torn sidecar would make a good file look unverified (or worse), so write-then-rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path, fsync=False) as tmp:
+        tmp.write_text(json.dumps(data), encoding="utf-8")
 
 
 def _stamp(path: Path) -> dict[str, Any]:
@@ -309,7 +321,8 @@ def _offline_error(name: str, source: Source) -> OfflineError:
     reason = f"not cached and esr is offline ({var}={os.environ.get(var, '1')})"
     return OfflineError(
         f"model '{name}' is {reason}: download {where} and pass it with -m /path/to/file"
-        f" (or cache it with: esr models fetch {name} --file FILE), or unset ESR_OFFLINE/HF_HUB_OFFLINE",
+        + (f" (or cache it with: esr models fetch {name} --file FILE)" if not name.startswith("hf://") else "")
+        + ", or unset ESR_OFFLINE/HF_HUB_OFFLINE",
         reason=f"{source}: {reason}",
     )
 
@@ -449,6 +462,8 @@ def _stream_into(src: UrlSource, f: BinaryIO, hasher: Any, have: int, fail: Call
             raise fail("server rejected the resume range (HTTP 416); partial file discarded, retry") from None
         raise fail(f"HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
+        if isinstance(e.reason, socket.gaierror):
+            raise fail(f"cannot resolve {urllib.parse.urlsplit(src.url).hostname} (no network?)") from None
         raise fail(_first_line(e.reason) if isinstance(e.reason, BaseException) else str(e.reason)) from None
     except (OSError, http.client.HTTPException, ValueError) as e:
         raise fail(_first_line(e)) from None
@@ -514,6 +529,20 @@ def _hub_resolve_url(src: HubSource) -> str:
         return hf_hub_url(src.repo_id, src.filename, revision=src.revision)
     except Exception:  # never let message formatting fail
         return f"https://huggingface.co/{src.repo_id}/resolve/{src.revision}/{src.filename}"
+
+
+def _unresolvable_host(url: str) -> str | None:
+    """The URL's host when this machine cannot resolve it and no proxy would do so instead."""
+    host = urllib.parse.urlsplit(url).hostname
+    if not host or urllib.request.getproxies():
+        return None
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return host
+    except OSError:
+        return None
+    return None
 
 
 def _hub_sidecar(sha256: str) -> Path:
@@ -668,6 +697,10 @@ def _fetch_hub(src: HubSource, *, name: str, progress: bool) -> Path:
             # A corrupted cache entry was deleted: fall through and download it again.
     if offline:
         raise _offline_error(name, src)
+    host = _unresolvable_host(_hub_resolve_url(src))
+    if host is not None:  # fail at once rather than through huggingface_hub's retries (~25 s)
+        reason = f"cannot resolve {host} (no network?)"
+        raise DownloadError(f"model '{name}': download of {src.uri} ({_hub_resolve_url(src)}) failed: {reason}", reason=f"{src.uri}: {reason}")
 
     from huggingface_hub import hf_hub_download
 
@@ -742,7 +775,18 @@ def fetch_first(sources: Sequence[Source], *, name: str, progress: bool = True) 
             errors.append(e)
             if i < len(sources):
                 logger.warning("model '%s': source %d failed (%s); trying the next one", name, i, e.reason)
+    advice = manual_download_advice(name, sources[0])
     if len(errors) == 1:
-        raise errors[0]  # keep its specific type (e.g. ChecksumMismatch) and message
+        error = errors[0]
+        if isinstance(error, ChecksumMismatch):
+            raise error
+        raise type(error)(f"{error}; {advice}", reason=error.reason) from error
     summary = "; ".join(f"[{i}] {e.reason}" for i, e in enumerate(errors, 1))
-    raise DownloadError(f"model '{name}': all {len(errors)} sources failed: {summary}") from errors[-1]
+    raise DownloadError(f"model '{name}': all {len(errors)} sources failed: {summary}; {advice}") from errors[-1]
+
+
+def manual_download_advice(name: str | None, source: Source) -> str:
+    """What to do without a working network: the same advice as in offline mode."""
+    where = f"{_hub_resolve_url(source)} ({source.uri})" if isinstance(source, HubSource) else str(source)
+    cache = f" (or cache it with: esr models fetch {name} --file FILE)" if name else ""
+    return f"to work without a network, download {where} yourself and pass it with -m /path/to/file{cache}"

@@ -11,7 +11,6 @@ import os
 import re
 import struct
 import subprocess
-import tempfile
 import threading
 import warnings
 import zlib
@@ -22,6 +21,9 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from .atomic import atomic_write
+from .errors import EsrError
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -51,7 +53,7 @@ _TIFF_DESCRIPTIVE_TAGS = (269, 270, 271, 272, 274, 282, 283, 296, 305, 306, 315,
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
 
 
-class ImageError(Exception):
+class ImageError(EsrError):
     """A file could not be read or written; str() is one line naming the file and the problem."""
 
     def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
@@ -137,6 +139,16 @@ def read_image(path: str | os.PathLike[str], *, allow_large: bool = False) -> Pi
             raise ImageError(name, _bomb_message(pixels)) from e
         finally:
             Image.MAX_IMAGE_PIXELS = saved_limit
+
+
+def read_rgb8(path: str | os.PathLike[str], *, allow_large: bool = False) -> np.ndarray:
+    """An image as displayed, as HxWx3 uint8 RGB (alpha dropped, grey repeated, 16 bits rounded):
+    the one layout metrics, benchmarks and training data use."""
+    picture = read_image(path, allow_large=allow_large)
+    pixels = picture.pixels if picture.bit_depth == 8 else _to_8bit(picture).pixels
+    if pixels.shape[2] == 1:
+        return np.repeat(pixels, 3, axis=2)
+    return pixels if pixels.flags.writeable else pixels.copy()  # Pillow's arrays are read-only
 
 
 def _max_pixels() -> int:
@@ -478,33 +490,19 @@ def write_image(picture: Picture, path: str | os.PathLike[str], *, format: str |
     if target.is_dir():
         raise ImageError(name, "cannot write (it is a directory)")
 
-    directory = target.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.esr-", suffix=".tmp", dir=directory)
+        with atomic_write(target) as tmp:
+            if picture.bit_depth == 16 and fmt == "tiff":
+                _write_tiff16(picture, str(tmp))  # tifffile wants a path: it reads names off file objects
+            else:
+                with open(tmp, "wb") as f:
+                    _encode(picture, f, fmt, quality)
+    except ImageError as e:
+        raise ImageError(name, e.problem) from e
     except OSError as e:
         raise ImageError(name, _os_reason(e, "cannot write")) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if picture.bit_depth == 16 and fmt == "tiff":
-                _write_tiff16(picture, tmp)  # tifffile wants a path: it reads names off file objects
-            else:
-                _encode(picture, f, fmt, quality)
-                f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _new_file_mode(target))
-        os.replace(tmp, target)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, ImageError):
-            raise ImageError(name, e.problem) from e
-        if isinstance(e, OSError):
-            raise ImageError(name, _os_reason(e, "cannot write")) from e
-        if isinstance(e, Exception):
-            raise ImageError(name, f"cannot write ({e or type(e).__name__})") from e
-        raise
+    except Exception as e:  # noqa: BLE001 - encoders raise ValueError, struct.error, ...
+        raise ImageError(name, f"cannot write ({e or type(e).__name__})") from e
     return target
 
 
@@ -520,27 +518,6 @@ def _resolve_format(name: str, target: Path, format: str | None) -> str:
     if fmt not in FORMATS:
         raise ImageError(name, f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     return fmt
-
-
-def _new_file_mode(target: Path) -> int:
-    """mkstemp makes 0600 files: give the result the mode a plain open() would have."""
-    try:
-        return target.stat().st_mode & 0o7777
-    except OSError:
-        return 0o666 & ~_umask()
-
-
-def _umask() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # the only portable way to read it; restored at once
-    os.umask(mask)
-    return mask
 
 
 def _encode(picture: Picture, f: BinaryIO, fmt: str, quality: int) -> None:

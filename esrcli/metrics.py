@@ -10,15 +10,13 @@ a dB, so these functions reproduce that protocol exactly.
 from __future__ import annotations
 
 import math
-import os
 from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-__all__ = ["rgb_to_y", "psnr", "ssim", "to_uint8", "load_rgb"]
+__all__ = ["rgb_to_y", "psnr", "ssim", "to_uint8"]
 
 _SSIM_WIN = 11
 _SSIM_SIGMA = 1.5
@@ -124,19 +122,3 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
         raise ValueError(f"expected (3, H, W) or (1, 3, H, W), got {tuple(x.shape)}")
     out = x.detach().to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0).mul(255.0).round()
     return out.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-
-
-def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """Open any image as RGB uint8 HxWx3, so metrics and models see one layout."""
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # PIL's convert('RGB') clips 16-bit grey instead of rescaling it.
-            arr = np.asarray(im, dtype=np.float64)
-            # Mode 'I' (16-bit PNG on older Pillow) may hold 8-bit data too.
-            is16 = im.mode.startswith("I;16") or arr.max(initial=0) > 255
-            peak = 65535.0 if is16 else 255.0
-            grey = np.clip(np.rint(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
-            return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        return np.array(im, dtype=np.uint8)

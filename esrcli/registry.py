@@ -20,15 +20,21 @@ import torch
 from .archs import SRNet
 from .device import memory_format
 from .download import (
+    ChecksumMismatch,
+    DownloadError,
     HubSource,
+    OfflineError,
     PackageSource,
     Source,
     UrlSource,
     cache_dir,
     fetch,
     fetch_first,
+    manual_download_advice,
     sha256_file,
 )
+from .errors import EsrError
+from .scaling import ScalePlan, plan_scale
 from .weights import (
     WEIGHT_SUFFIXES,
     WeightsError,
@@ -42,7 +48,7 @@ DEFAULT_MODEL = "esr-tiny"
 """The model used when none is named: trained by `esr train`, shipped in the package, works offline."""
 
 
-class RegistryError(ValueError):
+class RegistryError(EsrError, ValueError):
     """An unknown model name, a missing scale or a malformed models.toml."""
 
 
@@ -184,7 +190,16 @@ class LoadedModel:
         return sum(p.numel() for p in self.network.parameters())
 
 
+def embedded_source(weights: Weights) -> PackageSource | None:
+    """The packaged file of an embedded model: already fused (written by esr export), always at hand."""
+    return next((s for s in weights.sources if isinstance(s, PackageSource)), None)
+
+
 def fused_cache_path(entry: ModelEntry, weights: Weights) -> Path:
+    """Where the fused weights of a variant live: the packaged file itself for embedded models."""
+    packaged = embedded_source(weights)
+    if packaged is not None:
+        return packaged.file
     return cache_dir() / "fused" / f"{entry.name}-x{weights.scale}-{weights.sha256[:16]}.safetensors"
 
 
@@ -199,6 +214,9 @@ def _fuse_into_cache(entry: ModelEntry, weights: Weights, original: Path) -> Pat
 
 def fetch_model(entry: ModelEntry, weights: Weights, *, progress: bool = True) -> Path:
     """The fused cache file for a registry model, downloading and fusing on first use."""
+    packaged = embedded_source(weights)
+    if packaged is not None:
+        return fetch(packaged, name=entry.name, progress=progress)  # checked against its pin (once, then by a stamp)
     target = fused_cache_path(entry, weights)
     if target.is_file():
         return target
@@ -236,7 +254,13 @@ def load_model(
     """
     registry = registry or default_registry()
     if ref.startswith("hf://"):
-        path = fetch(HubSource.from_uri(ref), name=ref, progress=progress)
+        source = HubSource.from_uri(ref)
+        try:
+            path = fetch(source, name=ref, progress=progress)
+        except DownloadError as exc:
+            if isinstance(exc, (ChecksumMismatch, OfflineError)):
+                raise
+            raise DownloadError(f"{exc}; {manual_download_advice(None, source)}", reason=exc.reason) from exc
         loaded = LoadedModel(ref, load_network(path), source=ref)
     elif ref not in registry.entries and Path(ref).is_dir():
         from .train.export import network_from_run
@@ -250,13 +274,31 @@ def load_model(
         weights = entry.variant(scale)
         path = fetch_model(entry, weights, progress=progress)
         try:
-            network = load_network(path)
-        except WeightsError:  # a damaged cache entry: rebuild it once
+            network = load_network(path, overrides=entry.args)
+        except WeightsError:  # a damaged cache entry: rebuild it once (a packaged file was checked against its pin)
+            if embedded_source(weights) is not None:
+                raise
             path.unlink(missing_ok=True)
-            network = load_network(fetch_model(entry, weights, progress=progress))
+            network = load_network(fetch_model(entry, weights, progress=progress), overrides=entry.args)
         loaded = LoadedModel(entry.name, network, source=str(path))
     loaded.network = place(loaded.network, device, dtype)
     return loaded
+
+
+def load_for_scale(
+    ref: str, scale: float | None, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True
+) -> tuple[ScalePlan, dict[int, LoadedModel]]:
+    """The plan that reaches `scale` (default: the model's own) and the variants it runs, by scale.
+
+    A registry model offers every scale it has weights for; a file or run folder its one scale."""
+    registry = default_registry()
+    if ref in registry.entries:
+        entry = registry.get(ref)
+        plan = plan_scale(entry.scales, entry.default_scale if scale is None else scale)
+        loaded = {s: load_model(ref, scale=s, device=device, dtype=dtype, progress=progress) for s in plan.scales}
+        return plan, loaded
+    model = load_model(ref, device=device, dtype=dtype, progress=progress)
+    return plan_scale([model.scale], model.scale if scale is None else scale), {model.scale: model}
 
 
 def place(network: SRNet, device: torch.device | str, dtype: torch.dtype) -> SRNet:

@@ -1,9 +1,14 @@
 """Tiled inference with overlap blending: seamless output in bounded memory.
 
 The image is cut into a grid of cores; each tile is its core grown by `overlap` LR pixels of
-context on every side (clamped at the image border). Tile outputs are blended with a
-raised-cosine window that ramps over the overlap and stays 1 at the image border, and
-normalised by the summed weights, so any grid geometry blends correctly. Blending runs one
+context on every side (clamped at the image border). Near a tile's cut edge the network sees its
+own zero padding instead of the image, so for networks whose reach is bounded (the SPAN family:
+only convolutions) the outermost receptive-radius of each tile gets no weight: with the default
+overlap (that radius) every output pixel then comes from a tile that saw all of its context, and
+tiled output equals whole-image output up to float rounding. Otherwise (EFDN's pooled attention,
+or an overlap below the radius) outputs are blended with a raised-cosine window over the whole
+overlap. Weights stay 1 at the image border and are normalised by their sum, so any grid
+geometry blends correctly. Blending runs one
 row of tiles at a time: the float accumulator covers one strip of output rows, and finished
 rows are handed to `write` (which quantises them into a preallocated uint8/uint16 array), so
 no full-size float image ever exists.
@@ -46,6 +51,12 @@ def receptive_radius(network: nn.Module) -> int:
         if isinstance(m, nn.Conv2d):
             radius += (m.kernel_size[0] - 1) // 2 * m.dilation[0] * m.stride[0]
     return radius
+
+
+def exact_context(network: nn.Module) -> int:
+    """The context that makes a tile's output exact, or 0 when no finite context does (or it is unknown)."""
+    nets = [m for m in network.modules() if hasattr(type(m), "local") and hasattr(m, "scale")]
+    return receptive_radius(network) if nets and all(type(m).local for m in nets) else 0
 
 
 def default_overlap(network: nn.Module) -> int:
@@ -103,16 +114,19 @@ def spans(length: int, tile: int) -> list[tuple[int, int]]:
     return [(i * size, min((i + 1) * size, length)) for i in range(n) if i * size < length]
 
 
-def ramp(length: int, ramp_len: int, start_at_border: bool, end_at_border: bool) -> np.ndarray:
-    """1-D blending weights: raised cosine over `ramp_len` from each inner edge, 1 at image borders."""
-    d = np.arange(length, dtype=np.float32)
+def ramp(length: int, ramp_len: int, start_at_border: bool, end_at_border: bool, dead: int = 0) -> np.ndarray:
+    """1-D blending weights: 0 for `dead` pixels at each inner edge, then a raised cosine over
+    `ramp_len` (a step when 0); 1 at image borders."""
+    d = np.arange(length, dtype=np.float32) - dead
     w = np.ones(length, dtype=np.float32)
     if ramp_len > 0:
-        rise = np.sin(np.minimum(1.0, (d + 0.5) / ramp_len) * (np.pi / 2)) ** 2
-        if not start_at_border:
-            w *= rise
-        if not end_at_border:
-            w *= rise[::-1]
+        rise = np.sin(np.clip((d + 0.5) / ramp_len, 0.0, 1.0) * (np.pi / 2)) ** 2
+    else:
+        rise = (d >= 0).astype(np.float32)
+    if not start_at_border:
+        w *= rise
+    if not end_at_border:
+        w *= rise[::-1]
     return w
 
 
@@ -126,13 +140,17 @@ def blend_tiles(
     channels: int,
     scale: int,
     plan: TilePlan,
+    context: int = 0,
     on_tile: Callable[[int], None] | None = None,
 ) -> None:
     """Run `infer` over the tiles of an LR image and stream blended output rows to `write`.
 
-    `infer` maps a float (B, C, h, w) batch to (B, C, h*s, w*s) on the CPU.
+    `infer` maps a float (B, C, h, w) batch to (B, C, h*s, w*s) on the CPU. `context` is the
+    network's exact reach (exact_context); when the overlap covers it, tile edges get no weight.
     """
     ov, s = plan.overlap, scale
+    dead = context if 0 < context <= ov else 0
+    fade = 2 * (ov - dead) * s  # the ramp between two tiles' exact outputs
     rows, cols = spans(height, plan.tile), spans(width, plan.tile)
     out_w = width * s
     # One strip buffer for the whole run: the tallest tile row plus the band it shares with the last.
@@ -147,14 +165,14 @@ def blend_tiles(
         acc[filled:need] = 0.0
         wsum[filled:need] = 0.0
         filled = need
-        wy = ramp((ey1 - ey0) * s, 2 * ov * s, ey0 == 0, ey1 == height)[:, None, None]
+        wy = ramp((ey1 - ey0) * s, fade, ey0 == 0, ey1 == height, dead * s)[:, None, None]
         offset = ey0 * s - top
         boxes = [(ey0, ey1, max(0, x0 - ov), min(width, x1 + ov)) for x0, x1 in cols]
         for group in _batches(boxes, plan.batch):
             x = torch.from_numpy(np.stack([read(*b) for b in group])).permute(0, 3, 1, 2)
             y = infer(x).permute(0, 2, 3, 1).numpy()
             for (_, _, bx0, bx1), tile_out in zip(group, y):
-                weight = wy * ramp((bx1 - bx0) * s, 2 * ov * s, bx0 == 0, bx1 == width)[None, :, None]
+                weight = wy * ramp((bx1 - bx0) * s, fade, bx0 == 0, bx1 == width, dead * s)[None, :, None]
                 region = np.s_[offset : offset + tile_out.shape[0], bx0 * s : bx1 * s]
                 acc[region] += tile_out * weight
                 wsum[region] += weight
@@ -199,6 +217,7 @@ class Upscaler:
         self.network = network
         self.scale = scale
         self.plan = plan
+        self.context = exact_context(network)
         param = next(network.parameters())
         self.device, self.dtype = param.device, param.dtype
         self._fp32: nn.Module | None = None
@@ -251,7 +270,8 @@ class Upscaler:
         def write(r0: int, r1: int, rows: np.ndarray) -> None:
             out[r0:r1] = rows
 
-        blend_tiles(lambda y0, y1, x0, x1: hwc[y0:y1, x0:x1], write, self.infer, height=h, width=w, channels=c, scale=self.scale, plan=plan)
+        blend_tiles(lambda y0, y1, x0, x1: hwc[y0:y1, x0:x1], write, self.infer, height=h, width=w, channels=c, scale=self.scale,
+                    plan=plan, context=self.context)  # fmt: skip
         return torch.from_numpy(out).permute(2, 0, 1)
 
     def upscale_frames(self, frames: list[np.ndarray], out_dtype: np.dtype) -> list[np.ndarray]:
@@ -293,5 +313,6 @@ class Upscaler:
             np.rint(rows, out=rows)
             out[r0:r1] = rows
 
-        blend_tiles(read, write, self.infer, height=h, width=w, channels=c, scale=self.scale, plan=self.plan, on_tile=on_tile)
+        blend_tiles(read, write, self.infer, height=h, width=w, channels=c, scale=self.scale, plan=self.plan, context=self.context,
+                    on_tile=on_tile)  # fmt: skip
         return out

@@ -1,4 +1,4 @@
-"""Upscaling pictures and batches of files: scale planning, alpha, exact sizes, safe outputs.
+"""Upscaling pictures and batches of files: alpha, exact sizes, output naming, safe outputs.
 
 Independent of the CLI: `esr upscale` only parses options, shows progress and prints.
 """
@@ -6,143 +6,78 @@ Independent of the CLI: `esr upscale` only parses options, shows progress and pr
 from __future__ import annotations
 
 import glob
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .imagefile import FORMATS, ImageError, Picture, format_for_suffix, read_image, write_image
-from .registry import LoadedModel, default_registry, load_model
-from .tiling import Upscaler
-
-# --- scale planning ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScalePlan:
-    """How to reach `target` with models of the given native scales."""
-
-    target: float
-    model_scale: int
-    passes: int
-
-    @property
-    def reached(self) -> int:
-        return self.model_scale**self.passes
-
-    @property
-    def resample(self) -> bool:
-        return self.reached != self.target
-
-    def describe(self) -> str:
-        steps = " + ".join([f"x{self.model_scale} model"] * self.passes)
-        if self.resample:
-            verb = "down" if self.reached > self.target else "up"
-            steps += f" (x{self.reached}), then Lanczos {verb}-resample to x{format_scale(self.target)}"
-        return steps
-
-
-class ScaleError(ValueError):
-    pass
-
-
-def format_scale(scale: float) -> str:
-    return f"{scale:g}"
-
-
-def plan_scale(native: Iterable[int], target: float) -> ScalePlan:
-    """A native variant if one matches; else the smallest larger one, then resample down;
-    else repeated passes of the largest, then resample to the exact size."""
-    native = sorted(set(native))
-    if not (math.isfinite(target) and target > 1):
-        raise ScaleError(f"scale must be a number greater than 1, not {target:g}")
-    if target > 16:
-        raise ScaleError(f"scale {target:g} is above the supported maximum of 16")
-    if target in native:
-        return ScalePlan(target, int(target), 1)
-    larger = [s for s in native if s > target]
-    if larger:
-        return ScalePlan(target, larger[0], 1)
-    biggest = native[-1]
-    passes = math.ceil(math.log(target) / math.log(biggest) - 1e-9)
-    return ScalePlan(target, biggest, passes)
-
-
-def load_for_scale(ref: str, scale: float | None, *, device, dtype, progress: bool = True) -> tuple[LoadedModel, ScalePlan]:
-    """The model variant and passes that best reach `scale` (default: the model's own scale)."""
-    registry = default_registry()
-    if ref in registry.entries:
-        entry = registry.get(ref)
-        plan = plan_scale(entry.scales, scale or entry.default_scale)
-        return load_model(ref, scale=plan.model_scale, device=device, dtype=dtype, progress=progress), plan
-    loaded = load_model(ref, device=device, dtype=dtype, progress=progress)
-    return loaded, plan_scale([loaded.scale], scale or loaded.scale)
-
-
-def target_size(width: int, height: int, scale: float) -> tuple[int, int]:
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
+from .scaling import Pipeline, resample, target_size
 
 # --- one picture ---------------------------------------------------------------------------
 
-
-def resample(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Lanczos resize of an (H, W, C) uint8/uint16 array (antialiased when shrinking)."""
-    if pixels.shape[1::-1] == size:
-        return pixels
-    if pixels.dtype == np.uint8:
-        mode = "L" if pixels.shape[2] == 1 else "RGB"
-        im = Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode)
-        out = np.asarray(im.resize(size, Image.Resampling.LANCZOS))
-        return out.reshape(size[1], size[0], -1)
-    planes = []
-    for c in range(pixels.shape[2]):  # 16 bits: one float plane at a time keeps memory bounded
-        plane = Image.fromarray(pixels[..., c].astype(np.float32), "F").resize(size, Image.Resampling.LANCZOS)
-        planes.append(np.clip(np.rint(np.asarray(plane)), 0, 65535).astype(np.uint16))
-    return np.stack(planes, axis=-1)
+ALPHA_MODES = ("model", "bicubic")
+# LR pixels around an alpha value that must all be fully opaque (or transparent) for the output
+# there to be exactly opaque (transparent): a bicubic kernel reaches 2 pixels, and so, to within
+# rounding, does a model's response to an edge.
+ALPHA_EXACT_RADIUS = 2
 
 
-def run_passes(upscaler: Upscaler, pixels: np.ndarray, passes: int, on_tile: Callable[[int], None] | None = None) -> np.ndarray:
-    """Apply the model `passes` times; intermediate results stay 16-bit so no precision is lost between passes."""
-    for i in range(passes):
-        last = i == passes - 1
-        h, w, c = pixels.shape
-        out = np.empty((h * upscaler.scale, w * upscaler.scale, c), pixels.dtype if last else np.uint16)
-        pixels = upscaler.upscale(pixels, out, on_tile=on_tile)
-    return pixels
-
-
-def tiles_for(upscaler: Upscaler, picture: Picture, plan: ScalePlan, alpha_by_model: bool) -> int:
+def tiles_for(pipeline: Pipeline, picture: Picture, alpha_by_model: bool) -> int:
     """Tiles the whole picture will take, for progress bars."""
     w, h = picture.size
-    total = 0
-    for i in range(plan.passes):
-        total += upscaler.count_tiles(h * plan.model_scale**i, w * plan.model_scale**i)
-    return total * (2 if picture.alpha is not None and alpha_by_model else 1)
+    alpha_varies = picture.alpha is not None and picture.alpha.min() != picture.alpha.max()
+    return pipeline.count_tiles(h, w) * (2 if alpha_varies and alpha_by_model else 1)
 
 
 def upscale_picture(
     picture: Picture,
-    upscaler: Upscaler,
-    plan: ScalePlan,
+    pipeline: Pipeline,
     *,
     alpha_mode: str = "model",
     on_tile: Callable[[int], None] | None = None,
 ) -> Picture:
     """The upscaled picture: colour (and alpha) through the model, resampled to the exact size."""
-    size = target_size(*picture.size, plan.target)
-    pixels = resample(run_passes(upscaler, picture.pixels, plan.passes, on_tile), size)
-    alpha = None
-    if picture.alpha is not None:
-        if alpha_mode == "model":
-            alpha = resample(run_passes(upscaler, picture.alpha, plan.passes, on_tile), size)
-        else:
-            alpha = resample(picture.alpha, size)
+    pixels = pipeline.run(picture.pixels, on_tile)
+    alpha = None if picture.alpha is None else upscale_alpha(picture.alpha, pipeline, alpha_mode, on_tile)
     return Picture(pixels=pixels, alpha=alpha, icc_profile=picture.icc_profile, exif=picture.exif, format=picture.format)
+
+
+def upscale_alpha(alpha: np.ndarray, pipeline: Pipeline, mode: str = "model", on_tile: Callable[[int], None] | None = None) -> np.ndarray:
+    """Transparency at the output size: a constant channel stays that constant; otherwise the model
+    (or bicubic) draws the edges, and fully opaque or transparent areas stay exactly so."""
+    if mode not in ALPHA_MODES:
+        raise ValueError(f"alpha mode must be one of {ALPHA_MODES}, not {mode!r}")
+    h, w = alpha.shape[:2]
+    size = target_size(w, h, pipeline.plan.target)
+    low, high = int(alpha.min()), int(alpha.max())
+    if low == high:
+        return np.full((size[1], size[0], 1), low, alpha.dtype)
+    out = pipeline.run(alpha, on_tile) if mode == "model" else resample(alpha, size, "bicubic")
+    if not out.flags.writeable:  # Pillow's arrays are read-only views
+        out = out.copy()
+    peak = np.iinfo(alpha.dtype).max
+    for value in (0, peak):
+        keep = _surrounded_by(alpha[..., 0] == value, ALPHA_EXACT_RADIUS)
+        rows = np.minimum((np.arange(size[1]) + 0.5) * h // size[1], h - 1).astype(np.intp)
+        cols = np.minimum((np.arange(size[0]) + 0.5) * w // size[0], w - 1).astype(np.intp)
+        for r0 in range(0, size[1], 1024):  # nearest-neighbour enlargement of the mask, in bands
+            band = keep[rows[r0 : r0 + 1024]][:, cols]
+            out[r0 : r0 + 1024, :, 0][band] = value
+    return out
+
+
+def _surrounded_by(mask: np.ndarray, radius: int) -> np.ndarray:
+    """True where `mask` holds over the whole (2r+1)^2 neighbourhood (the image edge repeats)."""
+    padded = np.pad(mask, radius, mode="edge")
+    h, w = mask.shape
+    result = np.ones_like(mask)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            result &= padded[dy : dy + h, dx : dx + w]
+    return result
 
 
 # --- batches of files ----------------------------------------------------------------------
@@ -196,13 +131,24 @@ def expand_inputs(inputs: Iterable[str], recursive: bool) -> tuple[list[tuple[Pa
             matches = sorted(Path(p) for p in glob.glob(raw, recursive=recursive) if Path(p).is_file())
             if not matches:
                 problems.append(Outcome(path, None, "failed", f"{raw}: no file matches this pattern"))
-            found.extend((m, None) for m in matches)
+            root = glob_root(raw) if recursive else None
+            found.extend((m, root) for m in matches)
         else:
             problems.append(Outcome(path, None, "failed", f"{raw}: no such file or folder"))
     unique: dict[Path, tuple[Path, Path | None]] = {}
     for f, root in found:
         unique.setdefault(f.resolve(), (f, root))
     return list(unique.values()), problems
+
+
+def glob_root(pattern: str) -> Path:
+    """The folder a glob's matches are mirrored from: its leading components without wildcards."""
+    fixed = []
+    for part in Path(pattern).parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path()
 
 
 def output_path(source: Path, root: Path | None, *, out: Path | None, out_is_file: bool, suffix: str, fmt: str) -> Path:
@@ -228,6 +174,7 @@ def plan_batch(inputs: Iterable[str], *, out: Path | None, recursive: bool, suff
         batch.failures.append(Outcome(out, None, "failed", f"{out}: -o names one file, but there are {len(files)} inputs: pass a folder"))
         return batch
     sources = {f.resolve() for f, _ in files}
+    writers: dict[Path, list[Path]] = {}
     for f, root in files:
         target = output_path(f, root, out=out, out_is_file=out_is_file, suffix=suffix, fmt=fmt)
         if target.resolve() in sources:
@@ -235,13 +182,24 @@ def plan_batch(inputs: Iterable[str], *, out: Path | None, recursive: bool, suff
                 Outcome(f, target, "failed", f"{f}: the output would overwrite an input ({target}); change --suffix or -o")
             )
             continue
+        writers.setdefault(target.resolve(), []).append(f)
         batch.tasks.append(Task(f, target))
+    clashes = [(task.output, writers[task.output.resolve()]) for task in batch.tasks if len(writers[task.output.resolve()]) > 1]
+    if clashes:
+        # Never let one input's result silently replace (or skip) another's: refuse before any work.
+        hint = "use --recursive to mirror the folders under -o" if not recursive else "use a different -o or --suffix for each"
+        seen: set[Path] = set()
+        for target, names in clashes:
+            if target.resolve() not in seen:
+                seen.add(target.resolve())
+                listed = " and ".join(str(n) for n in names)
+                batch.failures.append(Outcome(names[0], target, "failed", f"{target}: would be written by {listed}; {hint}"))
+        batch.tasks = []
     return batch
 
 
 @dataclass(frozen=True)
 class Settings:
-    plan: ScalePlan
     fmt: str = "same"  # "same" or a key of FORMATS
     quality: int = 95
     alpha_mode: str = "model"  # or "bicubic"
@@ -251,7 +209,7 @@ class Settings:
 
 def process(
     task: Task,
-    upscaler: Upscaler,
+    pipeline: Pipeline,
     settings: Settings,
     *,
     on_start: Callable[[int], None] | None = None,
@@ -271,8 +229,8 @@ def process(
         if picture.alpha is not None and out_format == "jpg":
             return failed(f"{task.source}: has transparency, which JPEG cannot store; use --format png or webp")
         if on_start:
-            on_start(tiles_for(upscaler, picture, settings.plan, settings.alpha_mode == "model"))
-        result = upscale_picture(picture, upscaler, settings.plan, alpha_mode=settings.alpha_mode, on_tile=on_tile)
+            on_start(tiles_for(pipeline, picture, settings.alpha_mode == "model"))
+        result = upscale_picture(picture, pipeline, alpha_mode=settings.alpha_mode, on_tile=on_tile)
         task.output.parent.mkdir(parents=True, exist_ok=True)
         path = write_image(result, task.output, format=out_format, quality=settings.quality)
     except ImageError as exc:

@@ -7,8 +7,8 @@ the settings, records finished segments, so `--resume` continues after Ctrl-C, a
 crash. The final step concatenates the segments with exact durations and copies every audio
 and subtitle track, the chapters and the metadata of the input without re-encoding.
 
-Timing: a constant-rate input keeps its exact rational rate (24000/1001 stays 24000/1001) and
-its frame count. A variable-rate input keeps every frame and its duration, at a constant rate
+Timing: a constant-rate input keeps its exact rational rate (24000/1001 stays 24000/1001, also
+when the container rounded its timestamps, as Matroska's milliseconds do) and its frame count. A variable-rate input keeps every frame and its duration, at a constant rate
 equal to its average (its individual timestamps are evened out); `fps` overrides the rate.
 """
 
@@ -30,14 +30,15 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
-from .tiling import Upscaler
-from .upscale import ScalePlan, resample, run_passes, target_size
+from .atomic import atomic_write
+from .errors import EsrError
+from .scaling import Pipeline, target_size
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 CHROMA_SUBSAMPLED = re.compile(r"^(yuv|yuvj|nv)(420|422|411|410|12|16|21)")
 
 
-class VideoError(Exception):
+class VideoError(EsrError):
     """A video that cannot be processed; the message is one line naming the file."""
 
 
@@ -60,6 +61,15 @@ class VideoInfo:
     pix_fmt: str
     colorspace: str | None
     streams: list[Stream] = field(default_factory=list)
+    declared: Fraction | None = None  # the video's duration as the container states it, when it does
+
+    @property
+    def missing(self) -> Fraction:
+        """Seconds of video the container announces but does not hold (a truncated file)."""
+        if self.declared is None or not self.rate:
+            return Fraction(0)
+        short = self.declared - self.duration
+        return short if short > 2 / self.rate else Fraction(0)
 
     @property
     def deep(self) -> bool:
@@ -123,7 +133,22 @@ def probe(path: str | Path) -> VideoInfo:
     rotation = re.search(r"rotation of (-?[\d.]+) degrees", header)
     if rotation and round(abs(float(rotation.group(1)))) % 180 == 90:
         width, height = height, width
-    return _timing(path, VideoInfo(width, height, 0, Fraction(0), False, Fraction(0), Fraction(0), pix_fmt, colorspace, streams))
+    info = VideoInfo(width, height, 0, Fraction(0), False, Fraction(0), Fraction(0), pix_fmt, colorspace, streams)
+    info.declared = _declared_duration(header, video[0].index, len(streams))
+    return _timing(path, info)
+
+
+def _declared_duration(header: str, index: int, streams: int) -> Fraction | None:
+    """The video stream's DURATION tag (Matroska writes one per stream), else the file's duration
+    when the video is its only stream (otherwise that is the longest stream's)."""
+    block = re.search(rf"Stream #\d+:{index}\b.*?(?=\n\s*Stream #|\Z)", header, re.S)
+    tag = re.search(r"^\s+DURATION\s*: (\d+):(\d\d):(\d\d(?:\.\d+)?)", block.group(0), re.M) if block else None
+    if tag is None and streams == 1:
+        tag = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", header)
+    if tag is None:
+        return None
+    hours, minutes, seconds = tag.groups()
+    return Fraction(int(hours) * 3600 + int(minutes) * 60) + Fraction(seconds)
 
 
 def _timing(path: Path, info: VideoInfo) -> VideoInfo:
@@ -145,10 +170,33 @@ def _timing(path: Path, info: VideoInfo) -> VideoInfo:
     info.duration = (end - pts[0]) * tb
     if len(steps | durations) == 1:
         info.rate = 1 / (next(iter(steps | durations)) * tb)
+    elif (rate := _rounded_constant_rate(pts, tb)) is not None:
+        info.rate = rate
     else:
         info.vfr = len(steps) > 1
         info.rate = (Fraction(info.frames) / info.duration).limit_denominator(1001000) if info.duration else Fraction(25)
     return info
+
+
+COMMON_RATES = [Fraction(n, 1001) for n in (24000, 30000, 48000, 60000, 120000)] + [
+    Fraction(n) for n in (12, 15, 24, 25, 30, 48, 50, 60, 72, 90, 100, 120, 144, 240)
+]
+
+
+def _rounded_constant_rate(pts: list[int], tb: Fraction) -> Fraction | None:
+    """A constant rate whose timestamps the container's time base only rounded (Matroska's 1 ms:
+    24000/1001 becomes steps of 41 and 42 ms): every timestamp lies within one tick of the ideal one.
+    The common rates are tried first, then the simplest fraction near the mean step."""
+    if len(pts) < 3:
+        return None
+    mean_step = (pts[-1] - pts[0]) * tb / (len(pts) - 1)
+    for rate in [*COMMON_RATES, (1 / mean_step).limit_denominator(1001)]:
+        if abs(1 / rate - mean_step) > tb:
+            continue
+        step = 1 / (rate * tb)  # ticks per frame, a fraction
+        if all(abs(p - pts[0] - i * step) <= 1 for i, p in enumerate(pts)):
+            return rate
+    return None
 
 
 # --- settings and the manifest ---------------------------------------------------------
@@ -209,9 +257,8 @@ class Manifest:
         return sum(s["frames"] for s in self.segments)
 
     def save(self, folder: Path) -> None:
-        tmp = folder / "manifest.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, folder / "manifest.json")
+        with atomic_write(folder / "manifest.json") as tmp:
+            tmp.write_text(json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, folder: Path) -> Manifest | None:
@@ -232,13 +279,13 @@ def parts_dir(dst: Path) -> Path:
 class VideoJob:
     src: Path
     dst: Path
-    upscaler: Upscaler
-    plan: ScalePlan
+    pipeline: Pipeline
     encode: EncodeSettings
     model_key: str  # what identifies the model in the manifest key
     segment_seconds: float = 10.0
     resume: bool = False
     overwrite: bool = False
+    allow_truncated: bool = False  # upscale what a truncated input holds instead of refusing it
 
 
 @dataclass
@@ -247,7 +294,7 @@ class VideoResult:
     resumed_from: int
     rate: Fraction
     size: tuple[int, int]
-    seconds_model: float = 0.0
+    missing: Fraction = Fraction(0)  # seconds a truncated input lacked (--allow-truncated)
 
 
 class _Failed:
@@ -361,10 +408,15 @@ def upscale_video(
     if not dst.parent.is_dir():
         raise VideoError(f"{dst}: the folder {dst.parent} does not exist")
     info = probe(src)
+    if info.missing and not job.allow_truncated:
+        raise VideoError(
+            f"{src}: the file is truncated: its container announces {float(info.declared):.3f} s of video but holds "
+            f"{float(info.duration):.3f} s ({info.frames} frames); pass --allow-truncated to upscale the frames it holds"
+        )
     if on_info:
         on_info(info)
     rate = job.encode.fps or info.rate
-    out_size = target_size(info.width, info.height, job.plan.target)
+    out_size = target_size(info.width, info.height, job.pipeline.plan.target)
     if CHROMA_SUBSAMPLED.match(job.encode.pix_fmt) and (out_size[0] % 2 or out_size[1] % 2):
         raise VideoError(
             f"{dst}: the output would be {out_size[0]}x{out_size[1]}, and {job.encode.pix_fmt} needs even sizes; use another scale or --pix-fmt yuv444p"
@@ -375,7 +427,7 @@ def upscale_video(
     folder = parts_dir(dst)
     settings = {
         "model": job.model_key,
-        "plan": job.plan.describe(),
+        "plan": job.pipeline.plan.describe(),
         "encode": [*job.encode.encoder_args(info)],
         "rate": str(rate),
         "size": out_size,
@@ -413,7 +465,7 @@ def upscale_video(
     if check.frames != info.frames:
         raise VideoError(f"{dst}: has {check.frames} frames, expected {info.frames}")
     shutil.rmtree(folder, ignore_errors=True)
-    return VideoResult(info.frames, done, rate, out_size)
+    return VideoResult(info.frames, done, rate, out_size, info.missing)
 
 
 def _encode_frames(job, info, manifest, folder, out_size, raw_fmt, dtype, rate, done, on_progress) -> None:
@@ -433,7 +485,7 @@ def _encode_frames(job, info, manifest, folder, out_size, raw_fmt, dtype, rate, 
     reader.start()
     encoder.start()
     count = done
-    per_call = job.upscaler.plan.batch if job.plan.passes == 1 else 1
+    per_call = job.pipeline.frames_per_call
     try:
         finished = False
         while not finished:
@@ -454,16 +506,13 @@ def _encode_frames(job, info, manifest, folder, out_size, raw_fmt, dtype, rate, 
             if not batch:
                 continue
             try:
-                if job.plan.passes == 1:
-                    ups = job.upscaler.upscale_frames(batch, dtype)
-                else:
-                    ups = [run_passes(job.upscaler, frame, job.plan.passes) for frame in batch]
+                ups = job.pipeline.run_frames(batch)
             except (MemoryError, RuntimeError) as exc:  # after the Upscaler's own retries: stop, never skip
                 raise VideoError(
                     f"{job.src}: frame {count + 1} could not be upscaled ({exc}); finished segments are kept for --resume"
                 ) from exc
             for up in ups:
-                encoded.put(resample(up, out_size))
+                encoded.put(up)
             count += len(batch)
             if on_progress:
                 on_progress(count, info.frames)
@@ -505,7 +554,6 @@ def _mux(job: VideoJob, info: VideoInfo, manifest: Manifest, folder: Path, rate:
         lines.append(f"duration {float(Fraction(segment['frames']) / rate):.9f}")
     (folder / "concat.txt").write_text("\n".join(lines) + "\n")
     dst = job.dst
-    tmp = dst.with_name(f".{dst.stem}.esr-tmp{dst.suffix}")
     container = dst.suffix.lower()
     cmd = ["-itsoffset", f"{float(info.start):.9f}", "-f", "concat", "-safe", "0", "-i", str(folder / "concat.txt"), "-i", str(job.src),
            "-map", "0:v", "-map", "1:a?", "-map", "1:s?"]  # fmt: skip
@@ -514,8 +562,5 @@ def _mux(job: VideoJob, info: VideoInfo, manifest: Manifest, folder: Path, rate:
     cmd += ["-map_metadata", "1", "-map_chapters", "1", "-c", "copy"]
     if container in (".mp4", ".mov", ".m4v"):
         cmd += ["-video_track_timescale", str(rate.numerator)]
-    try:
+    with atomic_write(dst, keep_suffix=True) as tmp:
         _ffmpeg(["-v", "error", "-y", *cmd, str(tmp)], what=str(dst))
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -7,8 +7,6 @@ module is always in inference form, in eval mode.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,12 +18,14 @@ from torch import Tensor
 
 from .archs import SRNet, UnknownArchitecture, build, detect, fuse_model
 from .archs.blocks import Reparameterizable
+from .atomic import atomic_write
+from .errors import EsrError
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
 
 
-class WeightsError(ValueError):
+class WeightsError(EsrError, ValueError):
     """A weight file that cannot be used; the message is one line naming the file."""
 
 
@@ -34,6 +34,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weight file")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: empty file, not a weight file")
     try:
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -41,11 +43,34 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
                 sd = {k: f.get_tensor(k) for k in f.keys()}
         else:
             metadata = {}
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = _torch_load(path)
+    except WeightsError:
+        raise
     except Exception as exc:  # torch and safetensors raise many types for a bad file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: not a readable weight file ({reason})") from exc
+        raise WeightsError(f"{path}: not a weight file (neither a PyTorch checkpoint nor safetensors that can be read)") from exc
     return unwrap(sd, path), metadata
+
+
+def _torch_load(path: Path) -> Any:
+    """torch.load with weights_only, its refusals explained without its advice to turn safety off."""
+    import pickle
+    import re
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. the pickle-protocol UserWarning of the safe unpickler
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" not in text:
+            raise
+        asked = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" (it asks for {asked.group(1)})" if asked else ""
+        raise WeightsError(
+            f"{path}: refused: this pickle tries to run code or build objects other than tensors{what}; "
+            "esr loads only plain tensors and never runs code from a weight file"
+        ) from None
 
 
 def unwrap(obj: Any, path: str | Path = "<weights>") -> dict[str, Tensor]:
@@ -153,15 +178,6 @@ def save_network(
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in fused_state_dict(model).items()}
     metadata = {**network_metadata(model), **(extra_metadata or {})}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; an exported model is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        save_file(sd, str(tmp), metadata=metadata)
     return path

@@ -94,3 +94,41 @@ def test_bench_speed_on_a_file(shared_weights):
     )
     data = json.loads(result.output)
     assert data["params"] == 130_828 and data["input_size"] == [32, 24] and data["macs_g"] > 0
+
+
+def _commands(group, path=()):
+    import click
+
+    for name, command in group.commands.items():
+        yield (*path, name), command
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+
+
+def test_every_command_has_examples_and_every_option_says_what_it_does():
+    import click
+
+    for path, command in _commands(main):
+        result = run(*path, "--help")
+        assert result.exit_code == 0, path
+        assert "Examples:" in result.output, f"esr {' '.join(path)} --help has no examples"
+        for param in command.params:
+            if isinstance(param, click.Option) and "--help" not in param.opts:
+                assert param.help, f"esr {' '.join(path)} {param.opts[0]} has no help text"
+
+
+def test_bench_quality_with_lr_files_of_the_wrong_size_is_one_line(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "set" / "HR").mkdir(parents=True)
+    (tmp_path / "set" / "LR_bicubic" / "X4").mkdir(parents=True)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "set" / "HR" / "a.png")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "set" / "LR_bicubic" / "X4" / "a.png")
+    result = run("bench", "quality", "-m", "esr-tiny", "--data", str(tmp_path / "set"))
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "a.png: 20x20 is not its HR image's 64x64 / 4" in result.stderr
+    (tmp_path / "set" / "HR" / "b.png").write_bytes(b"not a png")
+    (tmp_path / "set" / "LR_bicubic" / "X4" / "a.png").unlink()
+    result = run("bench", "quality", "-m", "esr-tiny", "--data", str(tmp_path / "set"))
+    assert result.exit_code == 1 and "b.png" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from esrcli.metrics import load_rgb, psnr, rgb_to_y, ssim, to_uint8
+from esrcli.imagefile import read_rgb8
+from esrcli.metrics import psnr, rgb_to_y, ssim, to_uint8
 
 
 def _rand_img(h: int = 48, w: int = 56, seed: int = 0, lo: int = 0, hi: int = 256) -> np.ndarray:
@@ -223,7 +224,7 @@ def test_to_uint8_rounding_nearest() -> None:
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "RGB", "I;16", "CMYK"])
-def test_load_rgb_modes(tmp_path: Path, mode: str) -> None:
+def test_read_rgb8_modes(tmp_path: Path, mode: str) -> None:
     rgb = _rand_img(12, 9, seed=10)
     grey = rgb[..., 0]
     path = tmp_path / ("img.jpg" if mode == "CMYK" else "img.png")
@@ -248,7 +249,7 @@ def test_load_rgb_modes(tmp_path: Path, mode: str) -> None:
     else:
         Image.fromarray(rgb).convert("CMYK").save(path, quality=95)
         expect = None
-    out = load_rgb(path)
+    out = read_rgb8(path)
     assert out.dtype == np.uint8 and out.shape == (12, 9, 3)
     if expect is not None:
         np.testing.assert_array_equal(out, expect)

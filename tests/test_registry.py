@@ -219,3 +219,78 @@ def test_a_run_folder_is_a_model_reference(tmp_path):
     trainer.save()
     loaded = load_model(str(tmp_path / "run"))
     assert loaded.scale == 2 and loaded.network.form == "fused"
+
+
+@pytest.mark.parametrize("ref", ["hf://owner", "hf://owner/repo", "hf://o/r/", "hf://o/r/model.safetensors@", "hf://o/r/../x.pth"])
+def test_a_malformed_hf_reference_is_one_line_with_the_expected_form(ref, tmp_path):
+    from click.testing import CliRunner
+
+    from esrcli.cli import main
+
+    result = CliRunner().invoke(main, ["bench", "speed", "-m", ref, "--seconds", "0"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert ref in result.output and "expected hf://owner/repo/path/to/file[@revision]" in result.output
+
+
+@pytest.fixture
+def no_dns(monkeypatch):
+    """This machine's resolver knows no host but loopback, as on a machine without a network."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_without_a_network_a_download_says_what_to_do_instead(no_dns, tmp_path, monkeypatch):
+    import time
+
+    from click.testing import CliRunner
+
+    from esrcli.cli import main
+
+    url = "https://weights.example.org/tiny.pth"
+    write_registry(tmp_path, url, "1" * 64, 10)
+    monkeypatch.setenv("ESR_MODELS_TOML", str(tmp_path / "models.toml"))
+    default_registry.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["models", "fetch", "tiny"])
+    finally:
+        monkeypatch.delenv("ESR_MODELS_TOML")
+        default_registry.cache_clear()
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    message = result.output
+    assert "cannot resolve weights.example.org (no network?)" in message and "Errno" not in message
+    assert url in message and "-m /path/to/file" in message and "esr models fetch tiny --file FILE" in message
+
+    started = time.monotonic()
+    hub = CliRunner().invoke(main, ["bench", "speed", "-m", "hf://someone/repo/model.safetensors", "--seconds", "0"])
+    assert time.monotonic() - started < 5  # no retries against a host that does not resolve
+    assert hub.exit_code == 1 and len(hub.output.strip().splitlines()) == 1
+    assert "cannot resolve" in hub.output and "/someone/repo/resolve/main/model.safetensors" in hub.output
+    assert "-m /path/to/file" in hub.output
+
+
+def test_the_embedded_model_is_available_on_a_fresh_cache():
+    from click.testing import CliRunner
+
+    from esrcli.cli import main
+    from esrcli.registry import DEFAULT_MODEL
+
+    entry = default_registry().get(DEFAULT_MODEL)
+    for weights in entry.weights:
+        result = CliRunner().invoke(main, ["models", "path", DEFAULT_MODEL, "-s", str(weights.scale)])
+        assert result.exit_code == 0, result.output
+        path = Path(result.output.strip())
+        assert path.is_file() and sha256_file(path) == weights.sha256
+    listed = {e["name"]: e for e in json.loads(CliRunner().invoke(main, ["models", "list", "--json"]).output)}
+    assert all(w["cached"] for w in listed[DEFAULT_MODEL]["weights"])
+    table = CliRunner().invoke(main, ["models", "list"]).output
+    row = next(line for line in table.splitlines() if line.strip("│ ").startswith(DEFAULT_MODEL))
+    assert "embedded" in row

@@ -273,12 +273,22 @@ def test_interrupt_saves_a_checkpoint_and_resume_finishes(images, tmp_path, sign
         "--set",
         "run.log_every=1",
     ]
-    proc = subprocess.Popen(esr_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
-        time.sleep(0.2)
-    os.killpg(proc.pid, signum)
-    _, err = proc.communicate(timeout=60)
+    # The child starts with SIGINT ignored, as under a test runner or script that runs it in the
+    # background (nohup, `&`): esr must still stop on Ctrl-C.
+    proc = subprocess.Popen(esr_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
+            time.sleep(0.2)
+        os.killpg(proc.pid, signum)
+        _, err = proc.communicate(timeout=60)
+    finally:  # whatever happened, nothing this test started keeps running
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
     assert proc.returncode == code, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
     state = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -334,6 +344,23 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(images, tmp_path):
     sync = [r for r in records if "ranks_in_sync" in r]
     assert sync and sync[-1]["ranks_in_sync"] is True and len(set(sync[-1]["rank_digests"])) == 1 and len(sync[-1]["rank_digests"]) == 2
     assert max(r["step"] for r in records) == 4
+
+
+def test_images_smaller_than_a_patch_are_left_out_or_refused_with_a_hint(images, tmp_path):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for src in images.iterdir():
+        (mixed / src.name).write_bytes(src.read_bytes())
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(mixed / "tiny.png")
+    common = ["--arch", "span", "--channels", "4", "--scale", "2", "--steps", "1", "--batch", "1", "--device", "cpu", "--quiet"]
+    ok = CliRunner().invoke(main, ["train", *common, "--data", str(mixed), "--lr-patch", "12", "--out", str(tmp_path / "a")])
+    assert ok.exit_code == 0, ok.output
+    assert "left out 1 of 5 images smaller than an HR patch of 32 px" in ok.output
+    refused = CliRunner().invoke(main, ["train", *common, "--data", str(mixed), "--lr-patch", "60", "--out", str(tmp_path / "b")])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "all 5 training images are smaller than an HR patch of 128 px" in refused.output
+    assert "use --lr-patch 44 or less" in refused.output  # 96 px // 2 - 2 x 2 of context
+    assert len(refused.output.strip().splitlines()) == 1
 
 
 def test_init_carries_an_x4_body_into_an_x2_run(images, tmp_path):

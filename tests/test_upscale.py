@@ -5,6 +5,13 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +22,7 @@ from PIL import Image
 
 from esrcli.cli import main
 from esrcli.imagefile import read_image
-from esrcli.upscale import ScaleError, plan_scale
+from esrcli.scaling import ScaleError, plan_scale
 
 RNG = np.random.default_rng(7)
 
@@ -45,17 +52,22 @@ def srgb_profile() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
-def test_plan_scale_prefers_native_then_larger_then_passes():
+def test_plan_scale_prefers_native_then_larger_then_the_cheapest_chain():
     assert plan_scale([4, 2], 2).describe() == "x2 model"
     p = plan_scale([4], 2)
-    assert (p.model_scale, p.passes, p.resample) == (4, 1, True)
-    p = plan_scale([4, 2], 1.5)
-    assert (p.model_scale, p.passes) == (2, 1)
-    p = plan_scale([4], 8)
-    assert (p.model_scale, p.passes, p.resample) == (4, 2, True)
-    p = plan_scale([4], 16)
-    assert (p.model_scale, p.passes, p.resample) == (4, 2, False)
-    for bad in (1.0, 0.5, float("nan"), 100):
+    assert (p.passes, p.resample) == ((4,), True)
+    assert plan_scale([4, 2], 1.5).passes == (2,)
+    assert plan_scale([4, 2], 3).passes == (4,)  # x4 then down beats x2 then up (measured: +1.2 dB)
+    # x8: one x4 pass and a Lanczos x2, not x16 then a reduction (nor x4 then x2: same PSNR, 12x the time)
+    for native in ([4], [4, 2]):
+        p = plan_scale(native, 8)
+        assert (p.passes, p.reached, p.resample) == ((4,), 4, True)
+        assert p.describe() == "x4 model, then Lanczos up-resample to x8"
+    assert plan_scale([4], 16).passes == (4, 4) and not plan_scale([4], 16).resample
+    assert plan_scale([4], 12).passes == (4, 4)  # an enlargement past x2 is left to the model
+    assert plan_scale([2], 16).passes == (2, 2, 2)
+    assert plan_scale([4], 8).cost[0] < plan_scale([4], 16).cost[0] / 10
+    for bad in (0, 1.0, 0.5, -2, float("nan"), float("inf"), 100):
         with pytest.raises(ScaleError):
             plan_scale([4], bad)
 
@@ -166,7 +178,8 @@ def test_scale_plans_give_exact_sizes(tmp_path, model):
         assert result.exit_code == 0, result.output
         with Image.open(tmp_path / f"p_x{scale}.png") as im:
             assert im.size == size
-    assert "x4 model + x4 model" in esr(str(src), "-m", model, "-s", "8", "-v", "--overwrite").output
+    assert "x4 model, then Lanczos up-resample to x8" in esr(str(src), "-m", model, "-s", "8", "-v", "--overwrite").output
+    assert "x4 model + x4 model" in esr(str(src), "-m", model, "-s", "16", "-v").output
 
 
 @pytest.mark.parametrize("scale", ["0.5", "1", "abc", "-2"])
@@ -229,3 +242,137 @@ def test_animated_images_are_refused(tmp_path, model):
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     result = esr(str(tmp_path / "anim.gif"), "-m", model)
     assert result.exit_code == 1 and "animated" in result.output
+
+
+# --- issue 12: defects found by a new user and a bad-input matrix ------------------------------
+
+
+def test_a_recursive_glob_mirrors_the_tree_below_its_fixed_prefix(tmp_path, model):
+    for sub in ("a/b", "c"):
+        (tmp_path / "raw" / sub).mkdir(parents=True)
+        Image.fromarray(rgb()).save(tmp_path / "raw" / sub / "x.png")
+    result = esr(str(tmp_path / "raw" / "**" / "*.png"), "-r", "-m", model, "-o", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["outputs"]) == 2
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png")) == ["a/b/x_x4.png", "c/x_x4.png"]
+
+
+def test_inputs_that_would_share_an_output_are_refused_before_any_work(tmp_path, model):
+    for sub in ("a", "c"):
+        (tmp_path / "raw" / sub).mkdir(parents=True)
+        Image.fromarray(rgb()).save(tmp_path / "raw" / sub / "x.png")
+    Image.fromarray(rgb()).save(tmp_path / "raw" / "y.png")
+    for args in ([str(tmp_path / "raw" / "*" / "x.png")], [str(tmp_path / "raw" / "a"), str(tmp_path / "raw" / "c")]):
+        result = esr(*args, str(tmp_path / "raw" / "y.png"), "-m", model, "-o", str(tmp_path / "out"), "--overwrite")
+        assert result.exit_code == 1
+        assert "x_x4.png: would be written by" in result.output and "--recursive" in result.output
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())  # not even y.png: nothing started
+
+
+def test_constant_alpha_stays_exactly_constant(tmp_path, model):
+    for value in (255, 0, 77):
+        src = tmp_path / f"flat{value}.png"
+        Image.fromarray(np.dstack([rgb(40, 30), np.full((30, 40), value, np.uint8)]), "RGBA").save(src)
+        for mode in ("model", "bicubic"):
+            out = tmp_path / f"flat{value}_{mode}.png"
+            assert esr(str(src), "-m", model, "-o", str(out), "--alpha", mode).exit_code == 0
+            alpha = np.asarray(Image.open(out))[..., 3]
+            assert alpha.shape == (120, 160) and (alpha == value).all()
+
+
+def test_real_alpha_keeps_its_opaque_and_transparent_areas_exact(tmp_path, model):
+    y, x = np.mgrid[0:40, 0:48]
+    alpha = np.where((x - 24) ** 2 + (y - 20) ** 2 < 14**2, 255, 0).astype(np.uint8)
+    alpha[:, 44:] = 128  # a translucent band
+    src = tmp_path / "disc.png"
+    Image.fromarray(np.dstack([rgb(48, 40), alpha]), "RGBA").save(src)
+    for mode in ("model", "bicubic"):
+        out = tmp_path / f"disc_{mode}.png"
+        assert esr(str(src), "-m", model, "-o", str(out), "--alpha", mode).exit_code == 0
+        up = np.asarray(Image.open(out))[..., 3].astype(int)
+        centre = up[80 - 6 * 4 : 80 + 6 * 4, 96 - 6 * 4 : 96 + 6 * 4]  # well inside the disc
+        assert (centre == 255).all()
+        assert (up[:12, :12] == 0).all() and (up[-12:, :12] == 0).all()  # far outside it
+        edge = up[80, 96 + 14 * 4 - 12 : 96 + 14 * 4 + 12]
+        assert 0 < len(np.unique(edge)) and edge.min() < 64 and edge.max() > 192  # a real edge in between
+    # --alpha bicubic is Pillow's bicubic, not Lanczos
+    expected = np.asarray(Image.fromarray(alpha).resize((192, 160), Image.Resampling.BICUBIC)).astype(int)
+    got = np.asarray(Image.open(tmp_path / "disc_bicubic.png"))[..., 3].astype(int)
+    assert np.array_equal(got, expected)
+    lanczos = np.asarray(Image.fromarray(alpha).resize((192, 160), Image.Resampling.LANCZOS)).astype(int)
+    assert not np.array_equal(got, lanczos)
+
+
+def test_scale_zero_is_refused_like_a_negative_one(tmp_path, model):
+    src = tmp_path / "p.png"
+    Image.fromarray(rgb()).save(src)
+    result = esr(str(src), "-m", model, "-s", "0")
+    assert result.exit_code == 1 and "scale must be a number greater than 1, not 0" in result.output
+    assert not list(tmp_path.glob("p_x*"))
+
+
+def esr_process(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "esrcli", "upscale", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, **kwargs)  # fmt: skip
+
+
+@contextmanager
+def killed_at_exit(proc: subprocess.Popen):
+    """Whatever the test does, the process group it started is gone afterwards."""
+    try:
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+
+def photos(folder: Path, count: int, size: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(RNG.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+
+
+def wait_for(condition, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_batch_prints_what_it_did_and_leaves_no_partial(tmp_path, signum, code):
+    photos(tmp_path / "in", 6, 160)
+    out = tmp_path / "out"
+    with killed_at_exit(esr_process(str(tmp_path / "in"), "-o", str(out), "--tile", "64")) as proc:
+        wait_for(lambda: out.is_dir() and any(p.suffix == ".png" and not p.name.startswith(".") for p in out.iterdir()))
+        os.killpg(proc.pid, signum)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "Aborted" not in err
+    assert re.search(r"interrupted after \d of 6 files: [1-5] upscaled, 0 skipped, 0 failed", err), err
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no hidden partial
+
+
+def test_a_killed_batch_leaves_a_partial_that_the_next_run_removes(tmp_path):
+    photos(tmp_path / "in", 1, 700)
+    out = tmp_path / "out"
+    out.mkdir()
+    unrelated = out / ".notes.esr-1-x.txt"  # not esr's pattern: never touched
+    unrelated.write_text("keep")
+    with killed_at_exit(esr_process(str(tmp_path / "in"), "-o", str(out), "--tile", "256")) as proc:
+        wait_for(lambda: any(p.name.endswith(".tmp") for p in out.iterdir()))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    partials = [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert len(partials) == 1 and partials[0].name.startswith(".p0_x4.png.esr-")
+    live = out / f".other.png.esr-{os.getpid()}-abc.tmp"  # a running writer's partial: kept
+    live.write_text("in progress")
+    photos(tmp_path / "small", 1, 8)
+    result = subprocess.run([sys.executable, "-m", "esrcli", "upscale", str(tmp_path / "small"), "-o", str(out), "--suffix", "_s"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not partials[0].exists() and unrelated.exists() and live.exists()

@@ -79,6 +79,11 @@ def clips(tmp_path_factory) -> Path:
     ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x36:r=30", "-t", "2", "-vf", "select='not(eq(mod(n\\,5)\\,2))'", "-fps_mode", "vfr", "-c:v", "libx264",
            "-pix_fmt", "yuv420p", str(d / "vfr.mkv"))  # fmt: skip
     ffmpeg("-f", "lavfi", "-i", "sine=f=440:r=48000", "-t", "1", "-c:a", "aac", str(d / "audio.m4a"))
+    # Matroska stores milliseconds: 24000/1001 becomes steps of 41 and 42 ms.
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x36:r=24000/1001", "-t", "2", "-c:v", "ffv1", str(d / "ntsc_ffv1.mkv"))
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x36:r=24000/1001", "-t", "4", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(d / "whole.mkv"))
+    whole = (d / "whole.mkv").read_bytes()
+    (d / "truncated.mkv").write_bytes(whole[: len(whole) // 2])
     (d / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)
     return d
 
@@ -144,6 +149,32 @@ def test_variable_frame_rate_keeps_every_frame_and_the_duration(clips, tmp_path,
     assert abs(dst.duration - src.duration) <= 1 / src.rate
 
 
+def test_matroska_millisecond_timestamps_keep_the_exact_ntsc_rate(clips, tmp_path, model):
+    tb, durations, _ = packet_durations(clips / "ntsc_ffv1.mkv")
+    assert tb == Fraction(1, 1000)  # the container really rounds: steps of 41 and 42 ticks
+    src = probe(clips / "ntsc_ffv1.mkv")
+    assert src.rate == Fraction(24000, 1001) and not src.vfr
+    out = tmp_path / "out.mp4"
+    assert esr(str(clips / "ntsc_ffv1.mkv"), str(out), "-m", model).exit_code == 0
+    tb, durations, count = packet_durations(out)
+    assert tb == Fraction(1, 24000) and durations == {1001} and count == src.frames
+
+
+def test_a_truncated_input_is_named_and_only_upscaled_when_accepted(clips, tmp_path, model):
+    whole = probe(clips / "whole.mkv")
+    assert not whole.missing
+    out = tmp_path / "out.mp4"
+    refused = esr(str(clips / "truncated.mkv"), str(out), "-m", model)
+    assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
+    assert "truncated.mkv: the file is truncated" in refused.output and "--allow-truncated" in refused.output
+    assert not out.exists()
+    accepted = esr(str(clips / "truncated.mkv"), str(out), "-m", model, "--allow-truncated")
+    assert accepted.exit_code == 0, accepted.output
+    assert "warning:" in accepted.output and "missing" in accepted.output
+    held = probe(clips / "truncated.mkv")
+    assert 0 < held.frames < whole.frames and probe(out).frames == held.frames
+
+
 def test_ten_bit_output(clips, tmp_path, model):
     out = tmp_path / "deep.mkv"
     result = esr(str(clips / "ntsc.mp4"), str(out), "-m", model, "--codec", "libx265", "--pix-fmt", "yuv420p10le", "--preset", "ultrafast")
@@ -159,12 +190,13 @@ def test_ten_bit_output(clips, tmp_path, model):
         ("audio", "no video stream"),
         ("codec", "Unknown encoder"),
         ("same", "overwrite the input"),
+        ("scale0", "scale must be a number greater than 1, not 0"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_leaves_nothing(clips, tmp_path, model, case, message):
     src = {"missing": tmp_path / "nope.mp4", "corrupt": clips / "corrupt.mp4", "audio": clips / "audio.m4a"}.get(case, clips / "ntsc.mp4")
     dst = src if case == "same" else tmp_path / "out.mp4"
-    extra = ["--codec", "libnope"] if case == "codec" else []
+    extra = {"codec": ["--codec", "libnope"], "scale0": ["-s", "0"]}.get(case, [])
     before = sorted(tmp_path.iterdir())
     result = esr(str(src), str(dst), "-m", model, *extra)
     assert result.exit_code == 1
@@ -222,8 +254,8 @@ def test_ctrl_c_then_resume_gives_the_same_video(clips, tmp_path, model):
 
 def test_a_frame_that_keeps_failing_stops_the_run_clearly(clips, tmp_path):
     """After the tile-splitting retries, a frame that still fails stops the run; no frame is skipped."""
+    from esrcli.scaling import Pipeline, plan_scale
     from esrcli.tiling import TilePlan, Upscaler
-    from esrcli.upscale import plan_scale
     from esrcli.video import EncodeSettings, VideoError, VideoJob, upscale_video
 
     class AlwaysOutOfMemory(torch.nn.Module):
@@ -235,7 +267,7 @@ def test_a_frame_that_keeps_failing_stops_the_run_clearly(clips, tmp_path):
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
     upscaler = Upscaler(AlwaysOutOfMemory(), 2, TilePlan(0, 8, 1))
-    job = VideoJob(clips / "ntsc.mp4", tmp_path / "out.mp4", upscaler, plan_scale([2], 2), EncodeSettings(), model_key="failing")
+    job = VideoJob(clips / "ntsc.mp4", tmp_path / "out.mp4", Pipeline(plan_scale([2], 2), {2: upscaler}), EncodeSettings(), model_key="failing")
     with pytest.raises(VideoError, match="frame 1 could not be upscaled"):
         upscale_video(job)
     assert upscaler.retries["oom"] >= 1

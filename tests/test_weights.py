@@ -121,3 +121,39 @@ def test_unknown_architecture_is_reported(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(WeightsError, match="no such weight file"):
         load_network(tmp_path / "nope.pth")
+
+
+def test_a_pickle_that_runs_code_is_refused_without_torch_advice(tmp_path):
+    """A .pth whose pickle asks for os.system: refused, the global named, torch's advice not repeated."""
+    import os
+    import subprocess
+    import sys
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "hostile.pth"
+    torch.save({"params": {"w": Hostile()}}, path)
+    proc = subprocess.run([sys.executable, "-m", "esrcli", "bench", "speed", "-m", str(path), "--seconds", "0"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and "pwned" not in proc.stdout
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Warning" not in err
+    assert "hostile.pth: refused" in err and "tries to run code" in err and "system" in err
+    assert "weights_only" not in err and "will likely succeed" not in err
+
+
+def test_a_plain_pickle_and_garbage_are_not_weight_files(tmp_path):
+    import pickle
+
+    pickled = tmp_path / "plain.pth"
+    pickled.write_bytes(pickle.dumps({"w": [1, 2, 3]}, protocol=4))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"hello world " * 20)
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    for path, message in ((pickled, "refused"), (garbage, "not a weight file"), (empty, "empty file, not a weight file")):
+        with pytest.raises(WeightsError, match=message) as err:
+            load_network(path)
+        assert "weights_only" not in str(err.value) and "\n" not in str(err.value)

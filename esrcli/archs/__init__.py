@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..errors import EsrError
 from .base import SRNet
 from .blocks import Reparameterizable
 from .efdn import EFDN
@@ -15,7 +16,7 @@ from .span import ESPAN, SPAN, SPANF
 ARCHITECTURES: dict[str, type[SRNet]] = {cls.arch: cls for cls in (SPAN, ESPAN, SPANF, EFDN)}
 
 
-class UnknownArchitecture(ValueError):
+class UnknownArchitecture(EsrError, ValueError):
     pass
 
 

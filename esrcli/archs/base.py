@@ -19,6 +19,9 @@ class SRNet(nn.Module):
     """
 
     arch: ClassVar[str]
+    # True when an output pixel depends only on the inputs within the summed radii of the network's
+    # convolutions (no pooling, no resampling): tiles with that much context are then exact.
+    local: ClassVar[bool] = True
 
     def __init__(self, *, scale: int, config: dict[str, Any], form: str) -> None:
         super().__init__()

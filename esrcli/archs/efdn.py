@@ -77,6 +77,7 @@ class EFDN(SRNet):
     """EFDN: four cells with local fusion (the third fuses o2 with o4), a global skip, clamped output."""
 
     arch = "efdn"
+    local = False  # the attention branch pools and resamples: its reach depends on the tile's size
 
     def __init__(self, channels: int = 48, scale: int = 4, form: str = "fused") -> None:
         super().__init__(scale=scale, config=dict(channels=channels, scale=scale), form=form)

@@ -28,12 +28,24 @@ def _size(value: str) -> tuple[int, int]:
         raise click.BadParameter(f"'{value}' is not WIDTHxHEIGHT, e.g. 320x180") from None
 
 
-@click.group()
+BENCH_EXAMPLES = """\b
+Examples:
+  esr bench quality -m efdn --data Set5 --data Set14        PSNR/SSIM on Y, the papers' protocol
+  esr bench quality -m span-ntire24 --data Set14 --metric rgb --json
+  esr bench speed -m span-tiny --size 1280x720 --device cuda --precision fp16
+"""
+
+
+@click.group(epilog=BENCH_EXAMPLES)
 def bench() -> None:
     """Measure a model's quality (PSNR/SSIM) or speed."""
 
 
-@bench.command("quality")
+@bench.command("quality", epilog="""\b
+Examples:
+  esr bench quality -m efdn --data Set5 --data Set14 --data BSD100
+  esr bench quality -m runs/span26 --data val/ --limit 10 --json
+""")
 @model_option()
 @click.option(
     "--data",
@@ -83,7 +95,11 @@ def quality(model_ref, data_dirs, scale, metric, crop, limit, device, precision,
     stdout.print(table)
 
 
-@bench.command("speed")
+@bench.command("speed", epilog="""\b
+Examples:
+  esr bench speed -m span-tiny --size 320x180
+  esr bench speed -m espan --size 1920x1080 --device cuda --precision fp16 --json
+""")
 @model_option()
 @click.option("-s", "--scale", type=int, help="Which registry variant (default: the model's first).")
 @click.option("--size", default="320x180", show_default=True, help="Input size WIDTHxHEIGHT.")

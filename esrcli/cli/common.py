@@ -3,53 +3,75 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
+import torch
 from rich.console import Console
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
-from ..archs import UnknownArchitecture
-from ..device import DeviceError, resolve_device, resolve_precision
-from ..download import DownloadError
-from ..registry import LoadedModel, RegistryError, load_model
-from ..train.config import ConfigError
-from ..train.trainer import TrainingError
-from ..upscale import ScaleError
-from ..weights import WeightsError
+from ..device import resolve_device, resolve_precision
+from ..errors import EsrError
+from ..registry import LoadedModel, load_for_scale, load_model
+from ..scaling import Pipeline
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    DeviceError,
-    DownloadError,
-    RegistryError,
-    ScaleError,
-    ConfigError,
-    TrainingError,
-    WeightsError,
-    UnknownArchitecture,
-    FileNotFoundError,
-)
+USER_ERRORS: tuple[type[BaseException], ...] = (EsrError, FileNotFoundError)
 
 
 def fail(message: str) -> None:
     stderr.print(f"[bold red]esr: error:[/] {message}", highlight=False, markup=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so every command cleans up the same way for both."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt (Terminated) in the main thread while a command runs.
+
+    SIGINT is reset to Python's handler even when the parent ignored it (background jobs of scripts,
+    nohup), so an interrupt always stops esr cleanly instead of being lost."""
+    old_term = signal.signal(signal.SIGTERM, _terminate)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+
+
+def interrupt_code(exc: KeyboardInterrupt) -> int:
+    """The shell's convention: 128 + the signal number."""
+    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
 class EsrGroup(click.Group):
-    """Turns the library's expected failures into one red line and exit code 1, not a traceback."""
+    """Turns the library's expected failures into one red line and exit code 1, and an interrupt into
+    exit code 130 (143 for SIGTERM), never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except USER_ERRORS as exc:
-            fail(str(exc).replace("[", "\\["))
-            ctx.exit(1)
+        with interruptible():
+            try:
+                return super().invoke(ctx)
+            except USER_ERRORS as exc:
+                fail(str(exc).replace("[", "\\["))
+                ctx.exit(1)
+            except KeyboardInterrupt as exc:
+                fail("interrupted")
+                ctx.exit(interrupt_code(exc))
 
 
 class RateColumn(ProgressColumn):
@@ -106,7 +128,7 @@ def tiling_options(f: Callable) -> Callable:
     return f
 
 
-def open_upscaler(
+def open_pipeline(
     model_ref: str,
     scale: float | None,
     tile: int | None,
@@ -116,17 +138,20 @@ def open_upscaler(
     precision: str,
     *,
     progress: bool,
-):
-    """The model variant for `scale`, its scale plan, and an Upscaler with the requested (or automatic) tiling."""
+) -> tuple[LoadedModel, Pipeline, torch.device, torch.dtype]:
+    """The model variants that reach `scale`, each behind an Upscaler with the requested (or automatic)
+    tiling; the first model of the plan is returned for messages."""
     from ..tiling import TilePlan, Upscaler, auto_plan, default_overlap
-    from ..upscale import load_for_scale
 
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
-    loaded, plan = load_for_scale(model_ref, scale, device=dev, dtype=dtype, progress=progress)
-    if tile is None:
-        auto = auto_plan(loaded.network, loaded.scale, dev, dtype, overlap)
-        tiles = TilePlan(auto.tile, auto.overlap, batch or auto.batch)
-    else:
-        tiles = TilePlan(tile, default_overlap(loaded.network) if overlap is None else overlap, batch or 1)
-    return loaded, plan, Upscaler(loaded.network, loaded.scale, tiles), dev, dtype
+    plan, models = load_for_scale(model_ref, scale, device=dev, dtype=dtype, progress=progress)
+    upscalers = {}
+    for s, loaded in models.items():
+        if tile is None:
+            auto = auto_plan(loaded.network, loaded.scale, dev, dtype, overlap)
+            tiles = TilePlan(auto.tile, auto.overlap, batch or auto.batch)
+        else:
+            tiles = TilePlan(tile, default_overlap(loaded.network) if overlap is None else overlap, batch or 1)
+        upscalers[s] = Upscaler(loaded.network, loaded.scale, tiles)
+    return models[plan.passes[0]], Pipeline(plan, upscalers), dev, dtype

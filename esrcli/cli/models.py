@@ -11,6 +11,7 @@ from ..registry import (
     RegistryError,
     Weights,
     default_registry,
+    embedded_source,
     fetch_model,
     fused_cache_path,
     import_model_file,
@@ -47,12 +48,22 @@ def _entry_json(entry: ModelEntry) -> dict:
     }
 
 
-@click.group()
+MODELS_EXAMPLES = """\b
+Examples:
+  esr models list                          every name -m accepts
+  esr models info span                     architecture, licence, paper, pinned sources
+  esr models fetch span-tiny efdn          download, verify and fuse once
+  esr models fetch efdn --file EFDN_gv.pth fill the cache from a copy you have (offline)
+  esr models path span-tiny                the fused .safetensors file
+"""
+
+
+@click.group(epilog=MODELS_EXAMPLES)
 def models() -> None:
     """List, inspect and fetch the registry's models."""
 
 
-@models.command("list")
+@models.command("list", epilog="\b\nExamples:\n  esr models list\n  esr models list --json")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_models(as_json: bool) -> None:
     """A table of every model name -m accepts."""
@@ -64,12 +75,15 @@ def list_models(as_json: bool) -> None:
     for column in ("name", "arch", "scales", "cached", "licence", "description"):
         table.add_column(column, overflow="fold")
     for e in entries:
-        cached = ", ".join(f"x{w.scale}" for w in e.weights if fused_cache_path(e, w).is_file()) or "-"
+        cached = ", ".join(
+            f"x{w.scale}" + (" (embedded)" if embedded_source(w) else "") for w in e.weights if fused_cache_path(e, w).is_file()
+        )
+        cached = cached or "-"
         table.add_row(e.name, e.arch, ", ".join(f"x{s}" for s in e.scales), cached, e.licence, e.title)
     stdout.print(table)
 
 
-@models.command("info")
+@models.command("info", epilog="\b\nExamples:\n  esr models info span\n  esr models info efdn --json")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(name: str, as_json: bool) -> None:
@@ -93,7 +107,10 @@ def _variants(entry: ModelEntry, scale: int | None) -> list[Weights]:
     return [entry.variant(scale)] if scale else list(entry.weights)
 
 
-@models.command("fetch")
+@models.command(
+    "fetch",
+    epilog="\b\nExamples:\n  esr models fetch span-tiny efdn\n  esr models fetch --all\n  esr models fetch efdn -s 2 --file EFDNx2_baseline.pth",
+)
 @click.argument("names", nargs=-1)
 @click.option("--all", "fetch_all", is_flag=True, help="Every model in the registry.")
 @click.option("-s", "--scale", type=int, help="Only this scale (default: every scale of each model).")
@@ -131,7 +148,7 @@ def fetch(names: tuple[str, ...], fetch_all: bool, scale: int | None, from_file:
             stdout.print(f"{entry.name} x{weights.scale}: {path}", highlight=False)
 
 
-@models.command("path")
+@models.command("path", epilog="\b\nExamples:\n  esr models path span-tiny\n  esr models path esr-tiny -s 2")
 @click.argument("name")
 @click.option("-s", "--scale", type=int, help="Which scale (default: the model's first).")
 def path(name: str, scale: int | None) -> None:

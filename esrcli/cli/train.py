@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..train.config import ConfigError, TrainConfig
-from ..train.trainer import CONFIG, Trainer, TrainingError
-from .common import RateColumn, print_json, stderr, stdout
+from ..train.trainer import CONFIG, Trainer
+from .common import RateColumn, interrupt_code, print_json, stderr, stdout
 
 EXAMPLES = """\b
 Examples:
@@ -106,11 +105,18 @@ def run_training(trainer: Trainer, quiet: bool) -> None:
                 progress.console.print(
                     f"step {event['step']}: validation PSNR {event['psnr']:.3f} dB, SSIM {event['ssim']:.4f}", highlight=False
                 )
-            elif kind == "start" and not quiet:
-                progress.console.print(
-                    f"training on {event['images']} images, {event['world']} process(es), from step {event['step']}", highlight=False
-                )
-                if trainer.cfg.model.init and event["step"] == 0:
+            elif kind == "start":
+                if not quiet:
+                    progress.console.print(
+                        f"training on {event['images']} images, {event['world']} process(es), from step {event['step']}", highlight=False
+                    )
+                if event["left_out"]:  # shown even with --quiet: it changes what the run learns from
+                    stderr.print(
+                        f"left out {event['left_out']} of {event['images'] + event['left_out']} images smaller than an HR patch "
+                        f"of {event['patch']} px (a smaller --lr-patch keeps them)",
+                        highlight=False,
+                    )
+                if trainer.cfg.model.init and event["step"] == 0 and not quiet:
                     fresh = ", ".join(event["left_at_init"]) or "nothing"
                     progress.console.print(f"started from {trainer.cfg.model.init}; left at initial values: {fresh}", highlight=False)
             elif kind == "interrupted":
@@ -153,7 +159,7 @@ def run_options(f):
             click.option("--workers", type=int, help="DataLoader workers."),
             click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
             click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), help="Mixed precision."),
-            click.option("--seed", type=int),
+            click.option("--seed", type=int, help="Seed of the weights' initialisation and of every training sample."),
             click.option(
                 "--set",
                 "settings",
@@ -183,7 +189,12 @@ def train(**options: Any) -> None:
     configure_and_run(options)
 
 
-@click.command("export")
+@click.command("export", epilog="""\b
+Examples:
+  esr export runs/span26 --out span26_x4.safetensors          fused weights for -m
+  esr export runs/span26 --out span26_x4.safetensors --fp16   half the size
+  esr export runs/lora --out lora.safetensors --strength 0.5  half the finetune's step
+""")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The .safetensors file to write.")
 @click.option("--fp16", is_flag=True, help="Store half-precision weights (half the size).")
@@ -195,7 +206,7 @@ def train(**options: Any) -> None:
     show_default=True,
     help="LoRA runs: merge W + STRENGTH * dW. Below 1, a shorter step from the student along the finetune.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the written file and its size as JSON.")
 def export(run_dir: Path, out: Path, fp16: bool, raw: bool, strength: float, as_json: bool) -> None:
     """Write a run's weights as plain fused safetensors that -m loads anywhere."""
     from ..train.export import export_run
@@ -249,26 +260,12 @@ def _run(cfg: TrainConfig, out: Path | None, resume: Path | None, quiet: bool) -
     if not cfg.data.train:
         raise click.UsageError("no training data: pass --data DIR or set data.train in the config")
     trainer = Trainer(cfg, run_dir, resume=resume is not None)
-    # A scheduler's (or `kill`'s) SIGTERM saves a checkpoint like Ctrl-C does: background jobs
-    # started from scripts ignore SIGINT, so TERM is how they are stopped.
-    signal.signal(signal.SIGTERM, _terminate)
     try:
         run_training(trainer, quiet)
-    except Terminated:
-        sys.exit(128 + signal.SIGTERM)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as exc:  # the trainer saved a checkpoint and said so
+        sys.exit(interrupt_code(exc))
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         trainer.close()
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C would be, so the trainer's interrupt handling saves the run."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
-
-
-__all__ = ["train", "export", "finetune_lora", "TrainingError"]
+__all__ = ["train", "export", "finetune_lora"]

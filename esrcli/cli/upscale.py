@@ -8,10 +8,12 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..atomic import remove_stale_partials
 from ..imagefile import FORMATS
 from ..registry import DEFAULT_MODEL
-from ..upscale import Settings, format_scale, plan_batch, process
-from .common import RateColumn, device_options, fail, model_option, open_upscaler, print_json, stderr, tiling_options
+from ..scaling import format_scale
+from ..upscale import Settings, plan_batch, process
+from .common import RateColumn, device_options, fail, interrupt_code, model_option, open_pipeline, print_json, stderr, tiling_options
 
 EXAMPLES = """\b
 Examples:
@@ -40,7 +42,7 @@ Examples:
     type=click.Choice(["model", "bicubic"]),
     default="model",
     show_default=True,
-    help="Upscale transparency with the model or with bicubic resampling.",
+    help="Draw the edges of transparency with the model or with bicubic resampling; constant, fully opaque and fully transparent areas stay exact either way.",
 )
 @click.option("--allow-large", is_flag=True, help="Accept images over the 100-megapixel decompression-bomb limit.")
 @device_options
@@ -70,43 +72,48 @@ def upscale(
 ) -> None:
     """Upscale images: files, folders and globs, tiled seamlessly, with nothing lost from the file."""
     started = time.perf_counter()
-    loaded, plan, upscaler, dev, dtype = open_upscaler(
-        model_ref, scale, tile, overlap, batch, device, precision, progress=not (quiet or as_json)
-    )
-    tiles = upscaler.plan
-    settings = Settings(plan, fmt=fmt, quality=quality, alpha_mode=alpha_mode, overwrite=not skip_existing, allow_large=allow_large)
+    loaded, pipeline, dev, dtype = open_pipeline(model_ref, scale, tile, overlap, batch, device, precision, progress=not (quiet or as_json))
+    plan = pipeline.plan
+    settings = Settings(fmt=fmt, quality=quality, alpha_mode=alpha_mode, overwrite=not skip_existing, allow_large=allow_large)
     jobs = plan_batch(
         inputs, out=output, recursive=recursive, suffix=suffix if suffix is not None else f"_x{format_scale(plan.target)}", fmt=fmt
     )
     if verbose and not as_json:
+        tiles = pipeline.upscalers[plan.passes[0]].plan
         tiling = "whole image" if tiles.tile == 0 else f"tiles of {tiles.tile} px, overlap {tiles.overlap}, up to {tiles.batch} per call"
         stderr.print(
             f"model {loaded.name} ({loaded.arch}, {loaded.params:,} params) on {dev} in {str(dtype).removeprefix('torch.')}",
             highlight=False,
         )
         stderr.print(f"scale x{format_scale(plan.target)}: {plan.describe()}; {tiling}", highlight=False)
+    for folder in {task.output.parent for task in jobs.tasks}:
+        remove_stale_partials(folder)  # left by an esr that was killed outright
 
     outcomes = list(jobs.failures)
     for failure in jobs.failures:
         if not as_json:
             fail(failure.error)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
+    interrupted: KeyboardInterrupt | None = None
     with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
         files = progress.add_task("files", total=len(jobs.tasks))
         tiles_task = progress.add_task("tiles", total=None, visible=False)
-        for task in jobs.tasks:
-            progress.update(files, description=f"{task.source.name}")
+        try:
+            for task in jobs.tasks:
+                progress.update(files, description=f"{task.source.name}")
 
-            def start(total: int) -> None:
-                progress.reset(tiles_task, total=total, visible=total > 1, description="  tiles")
+                def start(total: int) -> None:
+                    progress.reset(tiles_task, total=total, visible=total > 1, description="  tiles")
 
-            outcome = process(task, upscaler, settings, on_start=start, on_tile=lambda n: progress.advance(tiles_task, n))
-            outcomes.append(outcome)
-            if outcome.status == "failed" and not as_json:
-                progress.console.print(f"[bold red]failed:[/] {outcome.error}", highlight=False)
-            elif outcome.status == "skipped" and verbose and not as_json:
-                progress.console.print(f"skipped: {outcome.error}", highlight=False)
-            progress.advance(files)
+                outcome = process(task, pipeline, settings, on_start=start, on_tile=lambda n: progress.advance(tiles_task, n))
+                outcomes.append(outcome)
+                if outcome.status == "failed" and not as_json:
+                    progress.console.print(f"[bold red]failed:[/] {outcome.error}", highlight=False)
+                elif outcome.status == "skipped" and verbose and not as_json:
+                    progress.console.print(f"skipped: {outcome.error}", highlight=False)
+                progress.advance(files)
+        except KeyboardInterrupt as exc:  # the file in progress left nothing behind: print what was done
+            interrupted = exc
 
     done = [o for o in outcomes if o.status == "done"]
     skipped = [o for o in outcomes if o.status == "skipped"]
@@ -122,15 +129,20 @@ def upscale(
                 "outputs": [{"input": str(o.source), "output": str(o.output), "seconds": round(o.seconds, 3)} for o in done],
                 "skipped": [{"input": str(o.source), "output": str(o.output)} for o in skipped],
                 "failures": [{"input": str(o.source), "error": o.error} for o in failed],
-                "retries": upscaler.retries,
+                "retries": pipeline.retries,
+                "interrupted": interrupted is not None,
                 "seconds": round(seconds, 3),
             }
         )
-    elif not quiet or failed:
+    elif not quiet or failed or interrupted:
         summary = f"{len(done)} upscaled, {len(skipped)} skipped, {len(failed)} failed in {seconds:.1f} s"
-        stderr.print(summary if not failed else f"[bold red]{summary}[/]", highlight=False)
+        if interrupted is not None:
+            summary = f"interrupted after {len(outcomes) - len(jobs.failures)} of {len(jobs.tasks)} files: {summary}"
+        stderr.print(summary if not (failed or interrupted) else f"[bold red]{summary}[/]", highlight=False)
         if len(failed) > 1:
             for o in failed:
                 stderr.print(f"  {o.error}", highlight=False, markup=False)
+    if interrupted is not None:
+        raise SystemExit(interrupt_code(interrupted))
     if failed:
         raise SystemExit(1)

@@ -10,9 +10,9 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..registry import DEFAULT_MODEL
-from ..upscale import format_scale
+from ..scaling import format_scale
 from ..video import EncodeSettings, VideoError, VideoJob, upscale_video
-from .common import RateColumn, device_options, fail, model_option, open_upscaler, print_json, stderr, tiling_options
+from .common import RateColumn, device_options, fail, interrupt_code, model_option, open_pipeline, print_json, stderr, tiling_options
 
 EXAMPLES = """\b
 Examples:
@@ -59,8 +59,13 @@ def _rate(value: str | None) -> Fraction | None:
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same input and settings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (or an interrupted run's parts).")
+@click.option(
+    "--allow-truncated",
+    is_flag=True,
+    help="Upscale the frames a truncated input holds (its container announces more) instead of refusing it.",
+)
 @device_options
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Print the input's size, frames, timing and streams, the model and the scale plan.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def video(
@@ -80,6 +85,7 @@ def video(
     segment_seconds,
     resume,
     overwrite,
+    allow_truncated,
     device,
     precision,
     verbose,
@@ -88,9 +94,8 @@ def video(
 ) -> None:
     """Upscale a video: exact frame count and rate, every stream kept, resumable."""
     started = time.perf_counter()
-    loaded, plan, upscaler, dev, dtype = open_upscaler(
-        model_ref, scale, tile, overlap, batch, device, precision, progress=not (quiet or as_json)
-    )
+    loaded, pipeline, dev, dtype = open_pipeline(model_ref, scale, tile, overlap, batch, device, precision, progress=not (quiet or as_json))
+    plan = pipeline.plan
     encode = EncodeSettings(
         codec=codec,
         crf=None if crf is not None and crf < 0 else crf,
@@ -99,8 +104,9 @@ def video(
         fps=_rate(fps),
         extra=list(ffmpeg_args),
     )
-    job = VideoJob(src, dst, upscaler, plan, encode, model_key=f"{loaded.name}:{loaded.source}:{dtype}",
-                   segment_seconds=segment_seconds, resume=resume, overwrite=overwrite)  # fmt: skip
+    job = VideoJob(src, dst, pipeline, encode, model_key=f"{loaded.name}:{loaded.source}:{dtype}",
+                   segment_seconds=segment_seconds, resume=resume, overwrite=overwrite,
+                   allow_truncated=allow_truncated)  # fmt: skip
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
         task = progress.add_task("frames", total=None)
@@ -122,10 +128,10 @@ def video(
 
         try:
             result = upscale_video(job, on_progress=on_progress, on_info=on_info)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             progress.stop()
             fail("interrupted: finished segments are kept; run the same command with --resume to continue")
-            raise SystemExit(130) from None
+            raise SystemExit(interrupt_code(exc)) from None
         except VideoError as exc:
             progress.stop()
             fail(str(exc))
@@ -139,10 +145,13 @@ def video(
         "frames": result.frames,
         "resumed_from": result.resumed_from,
         "rate": str(result.rate),
+        "truncated_input_missing_seconds": round(float(result.missing), 3),
         "size": list(result.size),
         "seconds": round(seconds, 3),
         "fps": round((result.frames - result.resumed_from) / seconds, 3) if seconds else None,
     }
+    if result.missing and not as_json:
+        stderr.print(f"warning: {src} is truncated: {float(result.missing):.3f} s of its video are missing from the output", highlight=False)
     if as_json:
         print_json(summary)
     elif not quiet:

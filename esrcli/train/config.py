@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..errors import EsrError
+
 
 @dataclass
 class ModelConfig:
@@ -123,7 +125,7 @@ SECTIONS = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(EsrError, ValueError):
     pass
 
 

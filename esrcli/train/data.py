@@ -17,8 +17,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..bench import find_lr, list_images
+from ..errors import EsrError
+from ..imagefile import read_rgb8
 from ..imresize import imresize
-from ..metrics import load_rgb
 
 MARGIN = 2  # LR pixels of context resized with each crop, then cut away: MATLAB's border handling stays out of the patch
 
@@ -40,22 +41,40 @@ def load_sources(folders: list[str], scale: int) -> list[Source]:
         if (folder / "HR").is_dir():
             for path in list_images(folder / "HR"):
                 lr_path = find_lr(folder, path, scale)
-                sources.append(Source(load_rgb(path), load_rgb(lr_path) if lr_path else None))
+                sources.append(Source(read_rgb8(path), read_rgb8(lr_path) if lr_path else None))
         else:
-            sources.extend(Source(load_rgb(p)) for p in list_images(folder))
+            sources.extend(Source(read_rgb8(p)) for p in list_images(folder))
     if not sources:
         raise FileNotFoundError(f"no training images in {', '.join(folders)}")
     return sources
 
 
+class TrainingDataError(EsrError, ValueError):
+    """Training images that cannot give a single patch."""
+
+
+def largest_lr_patch(sources: list[Source], scale: int) -> int:
+    """The largest LR patch the biggest image still yields (0 if none)."""
+    return max((min(s.hr.shape[:2]) // scale - 2 * MARGIN for s in sources), default=0)
+
+
 class PatchDataset(Dataset):
-    """Index i -> (lr, hr) float tensors in [0, 1], drawn with an RNG seeded by (seed, rank, i)."""
+    """Index i -> (lr, hr) float tensors in [0, 1], drawn with an RNG seeded by (seed, rank, i).
+
+    Images smaller than one HR patch are left out (`left_out` counts them)."""
 
     def __init__(self, sources: list[Source], scale: int, lr_patch: int, seed: int = 0, rank: int = 0) -> None:
         self.sources, self.scale, self.lr_patch, self.seed, self.rank = sources, scale, lr_patch, seed, rank
-        usable = [s for s in sources if min(s.hr.shape[:2]) >= (lr_patch + 2 * MARGIN) * scale]
+        need = (lr_patch + 2 * MARGIN) * scale
+        usable = [s for s in sources if min(s.hr.shape[:2]) >= need]
         if not usable:
-            raise ValueError(f"every training image is smaller than an HR patch of {(lr_patch + 2 * MARGIN) * scale} px")
+            fits = largest_lr_patch(sources, scale)
+            hint = f"use --lr-patch {fits} or less" if fits > 0 else f"they are too small for x{scale} training"
+            raise TrainingDataError(
+                f"all {len(sources)} training images are smaller than an HR patch of {need} px "
+                f"(LR patch {lr_patch} + {MARGIN} px of context on each side, x{scale}); {hint}"
+            )
+        self.left_out = len(sources) - len(usable)
         self.sources = usable
         areas = np.array([s.hr.shape[0] * s.hr.shape[1] for s in usable], dtype=np.float64)
         self.weights = areas / areas.sum()  # big photos hold more distinct patches: sample them more

@@ -24,10 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..archs import SRNet, build
+from ..atomic import atomic_write
 from ..bench import evaluate_set
 from ..device import resolve_device
+from ..errors import EsrError
 from .config import TrainConfig
-from .data import PatchDataset, load_sources, make_loader
+from .data import MARGIN, PatchDataset, load_sources, make_loader
 from .losses import build_loss, has_terms, trim
 
 CHECKPOINT = "checkpoint.pt"
@@ -37,7 +39,7 @@ METRICS = "metrics.jsonl"
 Event = dict[str, Any]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(EsrError, RuntimeError):
     pass
 
 
@@ -131,9 +133,8 @@ def digest(module: nn.Module) -> str:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class Trainer:
@@ -376,6 +377,8 @@ class Trainer:
                 "step": self.step,
                 "steps": cfg.run.steps,
                 "images": len(dataset.sources),
+                "left_out": dataset.left_out,
+                "patch": (cfg.data.lr_patch + 2 * MARGIN) * cfg.model.scale,
                 "world": self.world,
                 "left_at_init": self.left_at_init,
             }

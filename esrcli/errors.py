@@ -1,0 +1,7 @@
+"""The one base of every error esr reports to a user: the CLI catches this type and prints its text."""
+
+from __future__ import annotations
+
+
+class EsrError(Exception):
+    """A failure a user can act on; str() is one line naming the file (or flag) and the problem."""
