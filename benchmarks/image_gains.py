@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from esrcli.bench import evaluate_set
-from esrcli.registry import load_model
+from esrcli.loading import load_reference
 
 
 def main() -> None:
@@ -28,14 +28,14 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--metric", choices=["y", "rgb"], default="y")
     args = parser.parse_args()
-    base_model = load_model(args.base)
+    base_model = load_reference(args.base)
     scale = base_model.network.scale
     score = lambda network, folder: evaluate_set(network.eval(), scale, Path(folder), channel=args.metric, with_ssim=False).per_image  # noqa: E731
     base = {folder: score(base_model.network, folder) for folder in args.data}
     print(f"gains over {args.base} (dB, {args.metric.upper()} PSNR)")
     print(f"{'model':40s} {'set':10s} {'mean':>8s} {'worse':>9s} {'p10':>8s} {'worst fold':>10s}")
     for name in args.models:
-        network = load_model(name).network
+        network = load_reference(name).network
         for folder in args.data:
             before = base[folder]
             after = score(network, folder)

@@ -12,8 +12,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from esrcli.loading import load_reference
 from esrcli.lora import affinity_loss, taps
-from esrcli.registry import load_model
 from esrcli.train.config import LoraConfig
 from esrcli.train.data import PatchDataset, load_sources
 
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--lr-patch", type=int, default=32)
     parser.add_argument("--count", type=int, default=8)
     args = parser.parse_args()
-    student = load_model(args.student).network
+    student = load_reference(args.student).network
     dataset = PatchDataset(load_sources([args.data], student.scale), student.scale, args.lr_patch)
     pairs = [dataset[i] for i in range(args.count)]
     lr, hr = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
@@ -40,7 +40,7 @@ def main() -> None:
         sr_s = student(lr)
     print(f"student {args.student}: L1 to HR {F.l1_loss(sr_s, hr).item():.5f}")
     for ref in args.models:
-        model = load_model(ref).network
+        model = load_reference(ref).network
         with taps(model, patterns) as features:
             sr = model(lr)
         names = sorted(student_features)

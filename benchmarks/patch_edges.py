@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from esrcli.registry import load_model
+from esrcli.loading import load_reference
 from esrcli.train.data import PatchDataset, load_sources
 
 CONTEXT = 32  # LR pixels around the patch: past SPAN's receptive field
@@ -31,11 +31,11 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=32)
     parser.add_argument("--count", type=int, default=32)
     args = parser.parse_args()
-    student = load_model(args.student).network.eval()
+    student = load_reference(args.student).network.eval()
     s, p, c = student.scale, args.patch, CONTEXT
     dataset = PatchDataset(load_sources([args.data], s), s, p + 2 * c, seed=123)
     names = [args.student, *args.models]
-    networks = [student] + [load_model(m).network.eval() for m in args.models]
+    networks = [student] + [load_reference(m).network.eval() for m in args.models]
     rings = torch.zeros(p // 2)
     l1_context, l1_patch = torch.zeros(len(networks)), torch.zeros(len(networks))
     for i in range(args.count):

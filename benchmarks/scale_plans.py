@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from esrcli.bench import list_images
 from esrcli.imagefile import read_image
 from esrcli.imresize import bicubic_downscale_uint8, mod_crop
+from esrcli.loading import load_reference
 from esrcli.metrics import psnr
-from esrcli.registry import default_registry, load_model
+from esrcli.paths import list_images
+from esrcli.registry import default_registry
 from esrcli.scaling import Pipeline, ScalePlan, plan_scale
 from esrcli.tiling import TilePlan, Upscaler, default_overlap
 
@@ -39,7 +40,7 @@ def main() -> None:
     entry = default_registry().get(args.model)
     upscalers = {}
     for s in entry.scales:
-        network = load_model(args.model, scale=s).network
+        network = load_reference(args.model, scale=s).network
         upscalers[s] = Upscaler(network, s, TilePlan(256, default_overlap(network), 1))
     chosen = plan_scale(entry.scales, args.scale)
     chains = [tuple(int(s) for s in c.split(",")) for c in args.chain] or sorted({(4, 4), (4,), chosen.passes, *(

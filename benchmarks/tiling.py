@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from esrcli.bench import find_lr, list_images
 from esrcli.imagefile import read_rgb8
 from esrcli.imresize import bicubic_downscale_uint8, mod_crop
+from esrcli.loading import load_reference
 from esrcli.metrics import psnr
-from esrcli.registry import load_model
+from esrcli.paths import find_lr, list_images
 from esrcli.tiling import TilePlan, Upscaler, default_overlap
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     sets = args.data or [args.shared / "data/benchmark/Set14", args.shared / "data/benchmark/BSD100"]
     print(f"{'model':<12} {'set':<8} {'tile':>5} {'images':>6} {'max diff':>8} {'>1 level':>9} {'PSNR whole':>10} {'PSNR tiled':>10} {'change dB':>10}")
     for ref in models:
-        network = load_model(ref).network
+        network = load_reference(ref).network
         scale, overlap = network.scale, default_overlap(network)
         whole_upscaler = Upscaler(network, scale, TilePlan(0, overlap, 1))
         for folder in sets:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from esrcli.registry import load_model
+from esrcli.loading import load_reference
 from esrcli.scaling import Pipeline, plan_scale
 from esrcli.tiling import Upscaler, auto_plan
 from esrcli.video import FFMPEG, EncodeSettings, VideoJob, upscale_video
@@ -35,7 +35,7 @@ def main() -> None:
     clip = work / "in.mp4"
     subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=s={w}x{h}:r=24000/1001", "-f", "lavfi", "-i", "sine=r=48000",
                     "-t", str(args.seconds), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(clip)], check=True)  # fmt: skip
-    loaded = load_model(args.model, device="cpu", dtype=torch.float32, progress=False)
+    loaded = load_reference(args.model, device="cpu", dtype=torch.float32, progress=False)
     upscaler = Upscaler(loaded.network, loaded.scale, auto_plan(loaded.network, loaded.scale, torch.device("cpu"), torch.float32))
     raw = subprocess.run(
         [FFMPEG, "-v", "error", "-i", str(clip), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True

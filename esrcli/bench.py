@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .degrade import degrade_benchmark, parse_spec
 from .device import memory_format
 from .errors import EsrError
 from .imagefile import read_rgb8
 from .imresize import bicubic_downscale_uint8, imresize, mod_crop
 from .metrics import psnr, ssim, to_uint8
-
-IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
+from .paths import find_lr, hr_folder, list_images
 
 
 class BenchmarkSetError(EsrError, ValueError):
@@ -31,21 +31,6 @@ class SetScore:
     ssim: float
     images: int
     per_image: dict[str, float] = field(default_factory=dict)  # PSNR by file stem: a mean hides trade-offs
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def find_lr(set_dir: Path, hr_path: Path, scale: int) -> Path | None:
-    """The set's own LR file for an HR image (`LR_bicubic/X4/babyx4.png` or `.../baby.png`)."""
-    folder = set_dir / "LR_bicubic" / f"X{scale}"
-    for stem in (f"{hr_path.stem}x{scale}", hr_path.stem):
-        for suffix in (hr_path.suffix, ".png"):
-            candidate = folder / f"{stem}{suffix}"
-            if candidate.is_file():
-                return candidate
-    return None
 
 
 class MatlabBicubic(nn.Module):
@@ -78,14 +63,18 @@ def evaluate_set(
     crop: int | None = None,
     limit: int | None = None,
     with_ssim: bool = True,
+    degrade: str | None = None,
     on_image: Callable[[Path], None] | None = None,
 ) -> SetScore:
     """Mean PSNR/SSIM over a set's HR/ images (or a plain folder of images); LR from
-    LR_bicubic/X{s}/ or made with MATLAB bicubic.
+    LR_bicubic/X{s}/ or made with MATLAB bicubic, or with `degrade` (a spec such as `jpeg:70`,
+    see esrcli.degrade) applied from HR.
 
     `with_ssim=False` skips SSIM (NaN) where only PSNR is wanted: it costs more than the network.
     """
-    hr_dir = set_dir / "HR" if (set_dir / "HR").is_dir() else set_dir
+    if degrade:
+        parse_spec(degrade)  # a bad spec fails before any work
+    hr_dir = hr_folder(set_dir)
     if not hr_dir.is_dir():
         raise BenchmarkSetError(f"{set_dir}: not a folder (a set holds HR/ and optionally LR_bicubic/X{scale}/, or just images)")
     paths = list_images(hr_dir)[:limit]
@@ -95,8 +84,11 @@ def evaluate_set(
     psnrs, ssims = [], []
     for path in paths:
         hr = mod_crop(read_rgb8(path), scale)
-        lr_path = find_lr(set_dir, path, scale)
-        lr = read_rgb8(lr_path) if lr_path else bicubic_downscale_uint8(hr, scale)
+        lr_path = None if degrade else find_lr(set_dir, path, scale)
+        if degrade:
+            lr = degrade_benchmark(hr, scale, degrade, key=path.stem)
+        else:
+            lr = read_rgb8(lr_path) if lr_path else bicubic_downscale_uint8(hr, scale)
         if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
             raise BenchmarkSetError(
                 f"{lr_path}: {lr.shape[1]}x{lr.shape[0]} is not its HR image's {hr.shape[1]}x{hr.shape[0]} / {scale}; "

@@ -24,21 +24,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .atomic import atomic_write
 from .errors import EsrError
+from .paths import FORMATS, format_for_suffix, writable_suffixes
 
 DEFAULT_MAX_PIXELS = 100_000_000
-
-FORMATS: dict[str, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
-
-_SUFFIXES: dict[str, str] = {
-    ".png": "png",
-    ".jpg": "jpg",
-    ".jpeg": "jpg",
-    ".jpe": "jpg",
-    ".jfif": "jpg",
-    ".webp": "webp",
-    ".tif": "tiff",
-    ".tiff": "tiff",
-}
 
 _ORIENTATION = 0x0112
 _EXIF_HEADER = b"Exif\x00\x00"
@@ -93,14 +81,6 @@ class Picture:
         return self.pixels.shape[1], self.pixels.shape[0]
 
 
-def format_for_suffix(suffix: str) -> str | None:
-    """Map a file suffix to a FORMATS name so callers can infer --format from an output path."""
-    s = suffix.strip().lower()
-    if s and not s.startswith("."):
-        s = "." + s
-    return _SUFFIXES.get(s)
-
-
 # --------------------------------------------------------------------------------------------- reading
 
 
@@ -145,7 +125,7 @@ def read_rgb8(path: str | os.PathLike[str], *, allow_large: bool = False) -> np.
     """An image as displayed, as HxWx3 uint8 RGB (alpha dropped, grey repeated, 16 bits rounded):
     the one layout metrics, benchmarks and training data use."""
     picture = read_image(path, allow_large=allow_large)
-    pixels = picture.pixels if picture.bit_depth == 8 else _to_8bit(picture).pixels
+    pixels = picture.pixels if picture.bit_depth == 8 else to_8bit(picture).pixels
     if pixels.shape[2] == 1:
         return np.repeat(pixels, 3, axis=2)
     return pixels if pixels.flags.writeable else pixels.copy()  # Pillow's arrays are read-only
@@ -218,7 +198,7 @@ def _decode(name: str, im: Image.Image) -> Picture:
         if deep is not None:
             arrays = deep
         else:
-            arrays = _pil_arrays(name, im)
+            arrays = pil_arrays(name, im)
             if im.format == "TIFF" and _ORIENTATION not in getattr(im, "tag_v2", {}):
                 orientation = 1  # already applied by Pillow
     except (ImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -243,7 +223,7 @@ def _pil_reason(e: OSError) -> str:
     return re.sub(r"^(image file is truncated) \(.*\)$", r"\1", text)
 
 
-def _pil_arrays(name: str, im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+def pil_arrays(name: str, im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """Map every Pillow mode onto grey or RGB (uint8/uint16) plus optional alpha."""
     mode = im.mode
     has_key = "transparency" in im.info
@@ -510,7 +490,7 @@ def _resolve_format(name: str, target: Path, format: str | None) -> str:
     if format is None:
         fmt = format_for_suffix(target.suffix)
         if fmt is None:
-            known = ", ".join(sorted(_SUFFIXES))
+            known = ", ".join(writable_suffixes())
             raise ImageError(name, f"unknown image suffix {target.suffix or '(none)'!r}; use one of {known} or pass --format")
         return fmt
     fmt = format.lower()
@@ -525,11 +505,11 @@ def _encode(picture: Picture, f: BinaryIO, fmt: str, quality: int) -> None:
         if fmt == "png":
             _write_png16(picture, f)
             return
-        picture = _to_8bit(picture)  # JPEG and WebP hold 8 bits only
+        picture = to_8bit(picture)  # JPEG and WebP hold 8 bits only
     _write_pillow(picture, f, fmt, quality)
 
 
-def _to_8bit(picture: Picture) -> Picture:
+def to_8bit(picture: Picture) -> Picture:
     def cut(a: np.ndarray) -> np.ndarray:
         return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
 

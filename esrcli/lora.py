@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .archs.blocks import Reparameterizable
+from .train.config import DSCLORA_GROUPS as DEFAULT_GROUPS
 
 
 class ConvLoRA(Reparameterizable):
@@ -57,13 +58,7 @@ class LoRAGroup:
     alpha: float
 
 
-# Where the released DSCLoRA training code puts adapters in SPAN: every block conv r=2/alpha=4,
-# the conv before the pixel shuffle and the pixel-shuffle conv r=8/alpha=16; conv_1 and conv_cat frozen.
-DSCLORA_GROUPS = (
-    LoRAGroup("block_*.c?_r.eval_conv", 2, 4.0),
-    LoRAGroup("conv_2.eval_conv", 8, 16.0),
-    LoRAGroup("upsampler.0", 8, 16.0),
-)
+DSCLORA_GROUPS = tuple(LoRAGroup(g["pattern"], g["rank"], g["alpha"]) for g in DEFAULT_GROUPS)  # the released code's placement
 
 
 def add_lora(network: nn.Module, groups: Sequence[LoRAGroup] = DSCLORA_GROUPS) -> list[str]:

@@ -116,10 +116,14 @@ def target_size(width: int, height: int, scale: float) -> tuple[int, int]:
 
 
 def resample(pixels: np.ndarray, size: tuple[int, int], method: str = "lanczos") -> np.ndarray:
-    """Resize an (H, W, C) uint8/uint16 array (antialiased when shrinking); results are clamped to the type's range."""
+    """Resize an (H, W, C) uint8/uint16 (or float32 0..1) array, antialiased when shrinking;
+    results are clamped to the type's range."""
     if pixels.shape[1::-1] == size:
         return pixels
     kind = RESAMPLERS[method]
+    if pixels.dtype.kind == "f":
+        planes = [np.asarray(Image.fromarray(pixels[..., c].astype(np.float32), "F").resize(size, kind)) for c in range(pixels.shape[2])]
+        return np.clip(np.stack(planes, axis=-1), 0.0, 1.0)
     if pixels.dtype == np.uint8:
         mode = "L" if pixels.shape[2] == 1 else "RGB"
         im = Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode)
@@ -142,16 +146,17 @@ class Pipeline:
     def run(self, pixels: np.ndarray, on_tile: Callable[[int], None] | None = None) -> np.ndarray:
         """The model passes over an (H, W, C) uint8/uint16 array, then the exact-size resample.
 
-        Between passes the image stays 16-bit, so no precision is lost on the way."""
+        Between passes the image stays 16-bit (or float), so no precision is lost on the way."""
         size = target_size(pixels.shape[1], pixels.shape[0], self.plan.target)
         return resample(self.passes(pixels, on_tile), size)
 
     def passes(self, pixels: np.ndarray, on_tile: Callable[[int], None] | None = None) -> np.ndarray:
         out_dtype = pixels.dtype
+        between = np.float32 if out_dtype.kind == "f" else np.uint16
         for i, s in enumerate(self.plan.passes):
             last = i == len(self.plan.passes) - 1
             h, w, c = pixels.shape
-            out = np.empty((h * s, w * s, c), out_dtype if last else np.uint16)
+            out = np.empty((h * s, w * s, c), out_dtype if last else between)
             pixels = self.upscalers[s].upscale(pixels, out, on_tile=on_tile)
         return pixels
 

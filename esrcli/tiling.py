@@ -63,6 +63,12 @@ def default_overlap(network: nn.Module) -> int:
     return int(min(max(receptive_radius(network), 8), 48))
 
 
+def full_scale(dtype: np.dtype) -> float:
+    """The value of white: 255 or 65535 for integer pixels, 1.0 for float ones."""
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, (OutOfMemory, MemoryError)):
         return True
@@ -280,23 +286,26 @@ class Upscaler:
         h, w, c = frames[0].shape
         if self.count_tiles(h, w) > 1:
             return [self.upscale(f, np.empty((h * self.scale, w * self.scale, c), out_dtype)) for f in frames]
-        x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / float(np.iinfo(frames[0].dtype).max)
+        x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / full_scale(frames[0].dtype)
         y = self.infer(x).permute(0, 2, 3, 1).numpy()
-        y *= float(np.iinfo(out_dtype).max)
+        if np.dtype(out_dtype).kind == "f":
+            return list(y.astype(out_dtype, copy=False))
+        y *= full_scale(out_dtype)
         return list(np.rint(y, out=y).astype(out_dtype))
 
     def count_tiles(self, height: int, width: int) -> int:
         return len(spans(height, self.plan.tile)) * len(spans(width, self.plan.tile))
 
     def upscale(self, pixels: np.ndarray, out: np.ndarray, on_tile: Callable[[int], None] | None = None) -> np.ndarray:
-        """Upscale an (H, W, C) uint8/uint16 array into the preallocated (H*s, W*s, C) `out`.
+        """Upscale an (H, W, C) uint8/uint16 (or float32 in 0..1) array into the preallocated
+        (H*s, W*s, C) `out` of any of those types.
 
         Inputs are normalised per tile and outputs quantised per strip, so 16-bit data never
-        passes through 8 bits and no full-size float array is made.
+        passes through 8 bits and no full-size float array is made for integer outputs.
         """
         h, w, c = pixels.shape
-        in_max = float(np.iinfo(pixels.dtype).max)
-        out_max = float(np.iinfo(out.dtype).max)
+        in_max, out_max = full_scale(pixels.dtype), full_scale(out.dtype)
+        rounds = out.dtype.kind != "f"
         if out.shape != (h * self.scale, w * self.scale, c):
             raise ValueError(f"output array {out.shape} does not fit {pixels.shape} x{self.scale}")
         if self.count_tiles(h, w) == 1:  # one tile: nothing to blend
@@ -309,8 +318,9 @@ class Upscaler:
             return pixels[y0:y1, x0:x1].astype(np.float32) / in_max
 
         def write(r0: int, r1: int, rows: np.ndarray) -> None:
-            rows *= out_max  # the strip buffer is the caller's to reuse: scale in place
-            np.rint(rows, out=rows)
+            if rounds:
+                rows *= out_max  # the strip buffer is the caller's to reuse: scale in place
+                np.rint(rows, out=rows)
             out[r0:r1] = rows
 
         blend_tiles(read, write, self.infer, height=h, width=w, channels=c, scale=self.scale, plan=self.plan, context=self.context,

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from esrcli.bench import MatlabBicubic, count_macs, evaluate_set, measure_speed
-from esrcli.registry import DEFAULT_MODEL, load_model
+from esrcli.loading import load_reference
+from esrcli.registry import DEFAULT_MODEL
 from esrcli.weights import load_network
 
 TOL = 0.02  # dB, for rounding differences
@@ -52,7 +53,7 @@ EMBEDDED_MARGIN = {
 def test_embedded_model_keeps_its_margin_over_bicubic(benchmark_data, scale):
     """The model `esr upscale` uses by default, scored against bicubic by the same code."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    network = load_model(DEFAULT_MODEL, scale=scale, progress=False).network
+    network = load_reference(DEFAULT_MODEL, scale=scale, progress=False).network
     assert network.scale == scale
     for set_name, margin in EMBEDDED_MARGIN[scale].items():
         ours = evaluate_set(network, scale, benchmark_data / set_name, with_ssim=False)

@@ -13,18 +13,8 @@ from pathlib import Path
 import pytest
 from loopback import COMMIT, FileServer
 
-from esrcli.download import (
-    ChecksumMismatch,
-    DownloadError,
-    HubSource,
-    OfflineError,
-    UrlSource,
-    cache_dir,
-    fetch,
-    fetch_first,
-    is_offline,
-    sha256_file,
-)
+from esrcli.download import ChecksumMismatch, DownloadError, OfflineError, cache_dir, fetch, fetch_first, is_offline, sha256_file
+from esrcli.sources import HubSource, UrlSource
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
@@ -115,7 +105,7 @@ def test_url_download_success_then_cached(server: FileServer, isolated_env: Path
     assert path.is_relative_to(isolated_env / "downloads")
     assert sha256_file(path) == src.sha256
     assert not path.with_name("span_x4.pth.part").exists()
-    assert path.with_name("span_x4.pth.sha256").is_file()
+    assert (isolated_env / "verified" / f"{src.sha256}.json").is_file()  # verified once, remembered
     assert server.count == 1
 
     again = fetch(src, name="span", progress=False)

@@ -15,7 +15,8 @@ import tifffile
 from PIL import Image, ImageOps
 
 from esrcli import imagefile
-from esrcli.imagefile import FORMATS, ImageError, Picture, format_for_suffix, read_image, write_image
+from esrcli.imagefile import ImageError, Picture, read_image, write_image
+from esrcli.paths import FORMATS, format_for_suffix
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 

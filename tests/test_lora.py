@@ -198,3 +198,33 @@ def test_distillation_leaves_the_patch_border_out_of_both_teacher_terms(images, 
     assert len(fs) == 9 and abs(whole - inner) > 1e-4 and abs(aff_whole - aff_inner) > 1e-3  # the border matters here
     assert parts["teacher"] == pytest.approx(inner, rel=1e-5)
     assert parts["affinity"] == pytest.approx(cfg.lora.affinity_weight * aff_inner, rel=1e-4)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["described", "older-checkpoint"])
+def test_a_lora_run_loads_without_its_student_file(images, tmp_path, legacy):
+    """The checkpoint holds every student weight: loading the run needs neither the trainer nor the
+    student's file (a registry student need not be downloadable). Older checkpoints without the
+    network description are rebuilt by detecting the student's architecture from its weights."""
+    from esrcli.loading import load_reference
+    from esrcli.runs import network_from_run
+
+    torch.manual_seed(0)
+    save_network(build("span", channels=8, scale=2).eval(), tmp_path / "s.safetensors")
+    cfg = TrainConfig()
+    for key, value in {"lora.student": str(tmp_path / "s.safetensors"), "lora.teacher": str(tmp_path / "s.safetensors"), "run.steps": 2,
+                       "data.lr_patch": 16, "data.batch": 2, "data.workers": 0, "run.device": "cpu", "optim.lr": 1e-2}.items():  # fmt: skip
+        cfg.set(key, value)
+    cfg.data.train = [str(images)]
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.fit()
+    expected, _, _ = network_from_run(tmp_path / "run")
+    (tmp_path / "s.safetensors").unlink()
+    if legacy:
+        state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+        del state["network"]
+        torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    loaded = load_reference(str(tmp_path / "run")).network
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), expected(x), atol=1e-4)  # load_reference also picks channels_last
+    assert loaded.form == "fused" and not any("lora" in k for k in loaded.state_dict())

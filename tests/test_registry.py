@@ -14,8 +14,10 @@ import torch
 
 from esrcli.archs import build
 from esrcli.archs.blocks import Conv3XC
-from esrcli.download import ChecksumMismatch, HubSource, OfflineError, PackageSource, UrlSource, sha256_file
-from esrcli.registry import Registry, RegistryError, default_registry, fused_cache_path, import_model_file, load_model
+from esrcli.download import ChecksumMismatch, OfflineError, sha256_file
+from esrcli.loading import import_model_file, load_reference
+from esrcli.registry import Registry, RegistryError, default_registry, fused_cache_path
+from esrcli.sources import HubSource, PackageSource, UrlSource
 
 # registry name -> the file in ../shared/weights with the same pinned bytes
 SHARED_FILES = {
@@ -77,8 +79,8 @@ def test_import_then_load_offline(shared_weights, monkeypatch, name):
     path = import_model_file(entry, entry.variant(4), shared_weights / SHARED_FILES[name])
     assert path == fused_cache_path(entry, entry.variant(4))
     monkeypatch.setenv("ESR_OFFLINE", "1")
-    loaded = load_model(name)
-    direct = load_model(str(shared_weights / SHARED_FILES[name]))
+    loaded = load_reference(name)
+    direct = load_reference(str(shared_weights / SHARED_FILES[name]))
     assert loaded.params == direct.params and loaded.scale == 4
     x = torch.rand(1, 3, 16, 16)
     assert torch.equal(loaded.network(x), direct.network(x))
@@ -132,7 +134,7 @@ def test_training_form_download_fuses_once_and_matches_its_graph(server, tmp_pat
     train = official_training_form_file(original)
     registry = write_registry(tmp_path, server.url("tiny.pth"), sha256_file(original), original.stat().st_size)
 
-    loaded = load_model("tiny", registry=registry, progress=False)
+    loaded = load_reference("tiny", registry=registry, progress=False)
     x = torch.rand(1, 3, 17, 13)
     with torch.no_grad():
         expected = train(x)
@@ -142,19 +144,19 @@ def test_training_form_download_fuses_once_and_matches_its_graph(server, tmp_pat
     requests = server.count
     assert requests >= 1
 
-    again = load_model("tiny", registry=registry, progress=False)  # from the fused cache
+    again = load_reference("tiny", registry=registry, progress=False)  # from the fused cache
     assert server.count == requests
     assert torch.equal(again.network(x), loaded.network(x))
 
     monkeypatch.setenv("ESR_OFFLINE", "1")
-    assert torch.equal(load_model("tiny", registry=registry).network(x), loaded.network(x))
+    assert torch.equal(load_reference("tiny", registry=registry).network(x), loaded.network(x))
 
 
 def test_offline_with_nothing_cached_names_model_and_source(server, tmp_path, monkeypatch):
     registry = write_registry(tmp_path, server.url("tiny.pth"), "0" * 64, 10)
     monkeypatch.setenv("ESR_OFFLINE", "1")
     with pytest.raises(OfflineError) as err:
-        load_model("tiny", registry=registry)
+        load_reference("tiny", registry=registry)
     assert "'tiny'" in str(err.value) and server.url("tiny.pth") in str(err.value)
     assert server.count == 0
 
@@ -163,7 +165,7 @@ def test_checksum_mismatch_through_the_registry(server, tmp_path):
     served = server.add("tiny.pth", b"x" * 100)
     registry = write_registry(tmp_path, server.url("tiny.pth"), "1" * 64, served.stat().st_size)
     with pytest.raises(ChecksumMismatch):
-        load_model("tiny", registry=registry, progress=False)
+        load_reference("tiny", registry=registry, progress=False)
     assert not fused_cache_path(registry.get("tiny"), registry.get("tiny").variant()).exists()
 
 
@@ -188,7 +190,7 @@ def test_the_embedded_default_model_works_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("ESR_OFFLINE", "1")
     entry = default_registry().get(DEFAULT_MODEL)
     for weights in entry.weights:
-        loaded = load_model(DEFAULT_MODEL, scale=weights.scale)
+        loaded = load_reference(DEFAULT_MODEL, scale=weights.scale)
         assert loaded.scale == weights.scale and loaded.network.form == "fused"
         assert loaded.params < 200_000  # SPAN-tiny-sized or smaller
     from PIL import Image
@@ -217,7 +219,7 @@ def test_a_run_folder_is_a_model_reference(tmp_path):
     cfg.set("run.device", "cpu")
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.save()
-    loaded = load_model(str(tmp_path / "run"))
+    loaded = load_reference(str(tmp_path / "run"))
     assert loaded.scale == 2 and loaded.network.form == "fused"
 
 

@@ -9,7 +9,7 @@ from conftest import TRAIN_DATA, WEIGHTS, need
 from PIL import Image
 from torch import nn
 
-from esrcli.registry import place
+from esrcli.loading import place
 from esrcli.tiling import TilePlan, Upscaler, auto_plan, default_overlap, ramp, spans
 from esrcli.weights import load_network
 

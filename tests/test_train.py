@@ -17,11 +17,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from esrcli.cli import main
+from esrcli.runs import network_from_run
 from esrcli.train.config import ConfigError, TrainConfig
 from esrcli.train.data import PatchDataset
-from esrcli.train.export import export_run, network_from_run
+from esrcli.train.distill import extra_blocks_at
+from esrcli.train.export import export_run
 from esrcli.train.losses import dct2, frequency_aware, gradient_variance
-from esrcli.train.trainer import Trainer, TrainingError, extra_blocks_at, lr_factor
+from esrcli.train.trainer import Trainer, TrainingError, lr_factor
 from esrcli.weights import load_network
 
 
@@ -128,10 +130,12 @@ def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
-def test_resume_equals_uninterrupted(images, tmp_path):
-    straight = Trainer(config(images, **{"run.steps": 8}), tmp_path / "a")
+@pytest.mark.parametrize("degradation", ["none", "light"])
+def test_resume_equals_uninterrupted(images, tmp_path, degradation):
+    sets = {"run.steps": 8, "degradation.preset": degradation}
+    straight = Trainer(config(images, **sets), tmp_path / "a")
     straight.fit()
-    interrupted = Trainer(config(images, **{"run.steps": 8}), tmp_path / "b")
+    interrupted = Trainer(config(images, **sets), tmp_path / "b")
 
     def ctrl_c_at_step_5(event: dict) -> None:
         if event["kind"] == "step" and event["step"] == 5:
@@ -139,7 +143,7 @@ def test_resume_equals_uninterrupted(images, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(ctrl_c_at_step_5)
-    resumed = Trainer(config(images, **{"run.steps": 8}), tmp_path / "b", resume=True)
+    resumed = Trainer(config(images, **sets), tmp_path / "b", resume=True)
     assert resumed.step == 5
     resumed.fit()
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")

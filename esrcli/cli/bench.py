@@ -14,7 +14,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..bench import evaluate_set, list_images, measure_speed
+from ..errors import EsrError
 from .common import device_options, model_option, open_model, print_json, stderr, stdout
 
 
@@ -60,39 +60,81 @@ Examples:
     "--metric", type=click.Choice(["y", "rgb"]), default="y", show_default=True, help="PSNR/SSIM on BT.601 Y (papers) or on RGB (NTIRE)."
 )
 @click.option("--crop", type=int, help="Border pixels ignored on each side [default: the scale].")
-@click.option("--limit", type=int, help="Only the first N images of each set.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N images of each set.")
+@click.option(
+    "--degrade",
+    "degrade",
+    metavar="SPEC",
+    help="Make LR from HR with a fixed degradation: blur:SIGMA (HR, before the reduction), noise:SIGMA, jpeg:QUALITY, "
+    "joined with + (e.g. blur:1.2+noise:5+jpeg:60). Identical on every run.",
+)
 @device_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def quality(model_ref, data_dirs, scale, metric, crop, limit, device, precision, quiet, as_json) -> None:
-    """PSNR and SSIM of a model on benchmark sets, with the papers' protocol."""
-    loaded = open_model(model_ref, device, precision, scale=scale, progress=not (quiet or as_json))
+def quality(model_ref, data_dirs, scale, metric, crop, limit, degrade, device, precision, quiet, as_json) -> None:
+    """PSNR and SSIM of a model on benchmark sets, with the papers' protocol.
+
+    -m bicubic scores MATLAB's bicubic interpolation, the baseline (-s picks its scale, default 4)."""
+    from ..bench import evaluate_set
+    from ..degrade import parse_spec
+    from ..paths import hr_folder, list_images
+
+    if degrade:
+        parse_spec(degrade)
+    loaded = open_bench_model(model_ref, device, precision, scale=scale, progress=not (quiet or as_json))
     results = {}
-    total = sum(len(list_images(d / "HR" if (d / "HR").is_dir() else d)[:limit]) for d in data_dirs)
+    total = sum(len(list_images(hr_folder(d))[:limit]) for d in data_dirs)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
         task = progress.add_task(f"{loaded.name} x{loaded.scale}", total=total)
         for d in data_dirs:
             score = evaluate_set(
-                loaded.network, loaded.scale, d, channel=metric, crop=crop, limit=limit, on_image=lambda _p: progress.advance(task)
-            )
+                loaded.network, loaded.scale, d, channel=metric, crop=crop, limit=limit, degrade=degrade,
+                on_image=lambda _p: progress.advance(task),
+            )  # fmt: skip
             results[d.name] = {"psnr": round(score.psnr, 4), "ssim": round(score.ssim, 4), "images": score.images}
     summary = {
         "model": loaded.name,
         "scale": loaded.scale,
         "metric": metric,
         "crop": loaded.scale if crop is None else crop,
+        "degradation": degrade or "none (bicubic)",
         "sets": results,
     }
     if as_json:
         print_json(summary)
         return
-    table = Table(title=f"{loaded.name} x{loaded.scale}, {metric.upper()} (crop {summary['crop']})", title_justify="left")
+    lr = f", LR {degrade}" if degrade else ""
+    table = Table(title=f"{loaded.name} x{loaded.scale}, {metric.upper()} (crop {summary['crop']}){lr}", title_justify="left")
     for column in ("set", "images", "PSNR (dB)", "SSIM"):
         table.add_column(column, justify="right" if column != "set" else "left")
     for name, r in results.items():
         table.add_row(name, str(r["images"]), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}")
     stdout.print(table)
+
+
+class BenchModel:
+    """What a benchmark needs of a model: its name, its network and that network's native scale."""
+
+    def __init__(self, name: str, network, scale: int) -> None:
+        self.name, self.network, self.scale = name, network, scale
+
+
+class NoSuchVariant(EsrError):
+    pass
+
+
+def open_bench_model(model_ref: str, device: str, precision: str, *, scale: int | None, progress: bool) -> BenchModel:
+    """A model's native variant to score, or the MATLAB-bicubic baseline for -m bicubic."""
+    if model_ref == "bicubic":
+        from ..bench import MatlabBicubic
+
+        return BenchModel("bicubic", MatlabBicubic(scale or 4), scale or 4)
+    model = open_model(model_ref, device, precision, scale=scale, progress=progress)
+    if scale is not None and scale not in model.native:
+        available = ", ".join(f"x{s}" for s in model.native)
+        raise NoSuchVariant(f"model '{model.name}' has no x{scale} weights (available: {available})")
+    return BenchModel(model.name, model.network, model.network.scale)
 
 
 @bench.command("speed", epilog="""\b
@@ -108,8 +150,10 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def speed(model_ref, scale, size, seconds, device, precision, as_json) -> None:
     """Parameters, MACs, latency and output megapixels per second."""
+    from ..bench import measure_speed
+
     width, height = _size(size)
-    loaded = open_model(model_ref, device, precision, scale=scale, progress=not as_json)
+    loaded = open_bench_model(model_ref, device, precision, scale=scale, progress=not as_json)
     result = measure_speed(loaded.network, loaded.scale, width, height, min_seconds=seconds)
     param = next(loaded.network.parameters())
     data = {

@@ -7,23 +7,21 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import torch
 from rich.console import Console
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
-from ..device import resolve_device, resolve_precision
 from ..errors import EsrError
-from ..registry import LoadedModel, load_for_scale, load_model
-from ..scaling import Pipeline
+
+if TYPE_CHECKING:  # the heavy modules (torch, numpy) load only when a command does real work
+    from ..api import Model
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
-USER_ERRORS: tuple[type[BaseException], ...] = (EsrError, FileNotFoundError)
 
 
 def fail(message: str) -> None:
@@ -66,7 +64,7 @@ class EsrGroup(click.Group):
         with interruptible():
             try:
                 return super().invoke(ctx)
-            except USER_ERRORS as exc:
+            except EsrError as exc:
                 fail(str(exc).replace("[", "\\["))
                 ctx.exit(1)
             except KeyboardInterrupt as exc:
@@ -113,9 +111,11 @@ def device_options(f: Callable) -> Callable:
     return f
 
 
-def open_model(model_ref: str, device: str, precision: str, *, scale: int | None = None, progress: bool = True) -> LoadedModel:
-    dev = resolve_device(device)
-    return load_model(model_ref, scale=scale, device=dev, dtype=resolve_precision(precision, dev), progress=progress)
+def open_model(model_ref: str, device: str, precision: str, *, scale: float | None = None, progress: bool = True) -> Model:
+    """The API's Model for -m, --device and --precision: the CLI adds nothing but progress bars."""
+    from ..api import Model
+
+    return Model(model_ref, scale=scale, device=device, precision=precision, progress=progress)
 
 
 def tiling_options(f: Callable) -> Callable:
@@ -126,32 +126,3 @@ def tiling_options(f: Callable) -> Callable:
     )(f)
     f = click.option("--tile", type=click.IntRange(min=0), help="Tile size in input pixels; 0 = whole image. Default: from free memory.")(f)
     return f
-
-
-def open_pipeline(
-    model_ref: str,
-    scale: float | None,
-    tile: int | None,
-    overlap: int | None,
-    batch: int | None,
-    device: str,
-    precision: str,
-    *,
-    progress: bool,
-) -> tuple[LoadedModel, Pipeline, torch.device, torch.dtype]:
-    """The model variants that reach `scale`, each behind an Upscaler with the requested (or automatic)
-    tiling; the first model of the plan is returned for messages."""
-    from ..tiling import TilePlan, Upscaler, auto_plan, default_overlap
-
-    dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
-    plan, models = load_for_scale(model_ref, scale, device=dev, dtype=dtype, progress=progress)
-    upscalers = {}
-    for s, loaded in models.items():
-        if tile is None:
-            auto = auto_plan(loaded.network, loaded.scale, dev, dtype, overlap)
-            tiles = TilePlan(auto.tile, auto.overlap, batch or auto.batch)
-        else:
-            tiles = TilePlan(tile, default_overlap(loaded.network) if overlap is None else overlap, batch or 1)
-        upscalers[s] = Upscaler(loaded.network, loaded.scale, tiles)
-    return models[plan.passes[0]], Pipeline(plan, upscalers), dev, dtype

@@ -5,17 +5,15 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from ..download import HubSource, PackageSource, UrlSource
 from ..registry import (
     ModelEntry,
     RegistryError,
     Weights,
     default_registry,
     embedded_source,
-    fetch_model,
     fused_cache_path,
-    import_model_file,
 )
+from ..sources import HubSource, PackageSource, UrlSource
 from .common import print_json, stdout
 
 
@@ -138,9 +136,13 @@ def fetch(names: tuple[str, ...], fetch_all: bool, scale: int | None, from_file:
 
             digest = sha256_file(from_file)
             candidates = [w for w in candidates if w.sha256 == digest] or candidates[:1]
+        from ..loading import import_model_file
+
         path = import_model_file(entry, candidates[0], from_file)
         stdout.print(f"{entry.name} x{candidates[0].scale}: {path}", highlight=False)
         return
+    from ..loading import fetch_model
+
     for name in names:
         entry = registry.get(name)
         for weights in _variants(entry, scale):

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..train.config import ConfigError, TrainConfig
-from ..train.trainer import CONFIG, Trainer
+from ..train.config import CONFIG, PRESETS, ConfigError, TrainConfig
 from .common import RateColumn, interrupt_code, print_json, stderr, stdout
+
+if TYPE_CHECKING:
+    from ..train.trainer import Trainer
 
 EXAMPLES = """\b
 Examples:
@@ -41,6 +42,7 @@ FLAG_KEYS = {
     "seed": "run.seed",
     "workers": "data.workers",
     "teacher": "lora.teacher",
+    "degradation": "degradation.preset",
     "student": "lora.student",
 }
 
@@ -159,6 +161,12 @@ def run_options(f):
             click.option("--workers", type=int, help="DataLoader workers."),
             click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
             click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), help="Mixed precision."),
+            click.option(
+                "--degradation",
+                type=click.Choice(list(PRESETS)),
+                help="Make LR with random real-world degradations (blur, noise, JPEG...) instead of plain bicubic; "
+                "tune them in the [degradation] section.",
+            ),
             click.option("--seed", type=int, help="Seed of the weights' initialisation and of every training sample."),
             click.option(
                 "--set",
@@ -209,6 +217,8 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the written file and its size as JSON.")
 def export(run_dir: Path, out: Path, fp16: bool, raw: bool, strength: float, as_json: bool) -> None:
     """Write a run's weights as plain fused safetensors that -m loads anywhere."""
+    import torch
+
     from ..train.export import export_run
 
     path = export_run(run_dir, out, dtype=torch.float16 if fp16 else torch.float32, use_ema=not raw, strength=strength)
@@ -259,6 +269,8 @@ def _run(cfg: TrainConfig, out: Path | None, resume: Path | None, quiet: bool) -
         raise click.UsageError(f"{run_dir} already holds a run: use --resume {run_dir} or another --out")
     if not cfg.data.train:
         raise click.UsageError("no training data: pass --data DIR or set data.train in the config")
+    from ..train.trainer import Trainer
+
     trainer = Trainer(cfg, run_dir, resume=resume is not None)
     try:
         run_training(trainer, quiet)

@@ -8,12 +8,9 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..atomic import remove_stale_partials
-from ..imagefile import FORMATS
+from ..paths import FORMATS
 from ..registry import DEFAULT_MODEL
-from ..scaling import format_scale
-from ..upscale import Settings, plan_batch, process
-from .common import RateColumn, device_options, fail, interrupt_code, model_option, open_pipeline, print_json, stderr, tiling_options
+from .common import RateColumn, device_options, fail, interrupt_code, model_option, open_model, print_json, stderr, tiling_options
 
 EXAMPLES = """\b
 Examples:
@@ -71,8 +68,13 @@ def upscale(
     as_json,
 ) -> None:
     """Upscale images: files, folders and globs, tiled seamlessly, with nothing lost from the file."""
+    from ..atomic import remove_stale_partials
+    from ..batch import Settings, plan_batch, process
+    from ..scaling import format_scale
+
     started = time.perf_counter()
-    loaded, pipeline, dev, dtype = open_pipeline(model_ref, scale, tile, overlap, batch, device, precision, progress=not (quiet or as_json))
+    model = open_model(model_ref, device, precision, scale=scale, progress=not (quiet or as_json))
+    pipeline = model.pipeline(scale, tile=tile, overlap=overlap, batch=batch)
     plan = pipeline.plan
     settings = Settings(fmt=fmt, quality=quality, alpha_mode=alpha_mode, overwrite=not skip_existing, allow_large=allow_large)
     jobs = plan_batch(
@@ -82,7 +84,7 @@ def upscale(
         tiles = pipeline.upscalers[plan.passes[0]].plan
         tiling = "whole image" if tiles.tile == 0 else f"tiles of {tiles.tile} px, overlap {tiles.overlap}, up to {tiles.batch} per call"
         stderr.print(
-            f"model {loaded.name} ({loaded.arch}, {loaded.params:,} params) on {dev} in {str(dtype).removeprefix('torch.')}",
+            f"model {model.name} ({model.arch}, {model.params:,} params) on {model.device} in {str(model.dtype).removeprefix('torch.')}",
             highlight=False,
         )
         stderr.print(f"scale x{format_scale(plan.target)}: {plan.describe()}; {tiling}", highlight=False)
@@ -122,7 +124,7 @@ def upscale(
     if as_json:
         print_json(
             {
-                "model": loaded.name,
+                "model": model.name,
                 "scale": plan.target,
                 "plan": plan.describe(),
                 "inputs": len(jobs.tasks) + len(jobs.failures),

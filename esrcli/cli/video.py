@@ -10,9 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..registry import DEFAULT_MODEL
-from ..scaling import format_scale
-from ..video import EncodeSettings, VideoError, VideoJob, upscale_video
-from .common import RateColumn, device_options, fail, interrupt_code, model_option, open_pipeline, print_json, stderr, tiling_options
+from .common import RateColumn, device_options, fail, interrupt_code, model_option, open_model, print_json, stderr, tiling_options
 
 EXAMPLES = """\b
 Examples:
@@ -93,8 +91,12 @@ def video(
     as_json,
 ) -> None:
     """Upscale a video: exact frame count and rate, every stream kept, resumable."""
+    from ..scaling import format_scale
+    from ..video import EncodeSettings, VideoError, VideoJob, upscale_video
+
     started = time.perf_counter()
-    loaded, pipeline, dev, dtype = open_pipeline(model_ref, scale, tile, overlap, batch, device, precision, progress=not (quiet or as_json))
+    model = open_model(model_ref, device, precision, scale=scale, progress=not (quiet or as_json))
+    pipeline = model.pipeline(scale, tile=tile, overlap=overlap, batch=batch)
     plan = pipeline.plan
     encode = EncodeSettings(
         codec=codec,
@@ -104,7 +106,7 @@ def video(
         fps=_rate(fps),
         extra=list(ffmpeg_args),
     )
-    job = VideoJob(src, dst, pipeline, encode, model_key=f"{loaded.name}:{loaded.source}:{dtype}",
+    job = VideoJob(src, dst, pipeline, encode, model_key=f"{model.name}:{model.source}:{model.dtype}",
                    segment_seconds=segment_seconds, resume=resume, overwrite=overwrite,
                    allow_truncated=allow_truncated)  # fmt: skip
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
@@ -119,7 +121,7 @@ def video(
                     f"{src}: {info.width}x{info.height}, {info.frames} frames, {timing}; streams: {kinds}", highlight=False
                 )
                 progress.console.print(
-                    f"model {loaded.name} on {dev} ({str(dtype).removeprefix('torch.')}), x{format_scale(plan.target)}: {plan.describe()}",
+                    f"model {model.name} on {model.device} ({str(model.dtype).removeprefix('torch.')}), x{format_scale(plan.target)}: {plan.describe()}",
                     highlight=False,
                 )
 
@@ -140,7 +142,7 @@ def video(
     summary = {
         "input": str(src),
         "output": str(dst),
-        "model": loaded.name,
+        "model": model.name,
         "scale": plan.target,
         "frames": result.frames,
         "resumed_from": result.resumed_from,

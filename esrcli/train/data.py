@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..bench import find_lr, list_images
+from ..degrade import Degrader
 from ..errors import EsrError
 from ..imagefile import read_rgb8
 from ..imresize import imresize
+from ..paths import find_lr, list_images
 
 MARGIN = 2  # LR pixels of context resized with each crop, then cut away: MATLAB's border handling stays out of the patch
 
@@ -63,8 +64,11 @@ class PatchDataset(Dataset):
 
     Images smaller than one HR patch are left out (`left_out` counts them)."""
 
-    def __init__(self, sources: list[Source], scale: int, lr_patch: int, seed: int = 0, rank: int = 0) -> None:
+    def __init__(
+        self, sources: list[Source], scale: int, lr_patch: int, seed: int = 0, rank: int = 0, degrader: Degrader | None = None
+    ) -> None:
         self.sources, self.scale, self.lr_patch, self.seed, self.rank = sources, scale, lr_patch, seed, rank
+        self.degrader = degrader  # random real-world degradations instead of plain bicubic (paired LR files unused)
         need = (lr_patch + 2 * MARGIN) * scale
         usable = [s for s in sources if min(s.hr.shape[:2]) >= need]
         if not usable:
@@ -86,7 +90,7 @@ class PatchDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.rank, index])
         source = self.sources[rng.choice(len(self.sources), p=self.weights)]
         s, p = self.scale, self.lr_patch
-        if source.lr is not None:
+        if source.lr is not None and self.degrader is None:
             lh, lw = source.lr.shape[:2]
             y, x = rng.integers(0, lh - p + 1), rng.integers(0, lw - p + 1)
             lr = torch.from_numpy(source.lr[y : y + p, x : x + p].copy()).permute(2, 0, 1).float() / 255
@@ -96,8 +100,11 @@ class PatchDataset(Dataset):
             h, w = source.hr.shape[:2]
             y, x = rng.integers(0, h - big + 1), rng.integers(0, w - big + 1)
             crop = torch.from_numpy(source.hr[y : y + big, x : x + big].copy()).permute(2, 0, 1).to(torch.float64) / 255
-            small = imresize(crop, scale=1 / s)
-            lr = (small * 255).round().clamp(0, 255)[:, MARGIN:-MARGIN, MARGIN:-MARGIN].float() / 255  # as stored LR files are
+            if self.degrader is not None:
+                small = self.degrader(crop.float(), rng)  # already 8-bit values
+            else:
+                small = (imresize(crop, scale=1 / s) * 255).round().clamp(0, 255).float() / 255  # as stored LR files are
+            lr = small[:, MARGIN:-MARGIN, MARGIN:-MARGIN].float()
             hr = crop[:, MARGIN * s : -MARGIN * s, MARGIN * s : -MARGIN * s].float()
         turns, flip = int(rng.integers(4)), bool(rng.integers(2))
         lr, hr = (torch.rot90(t, turns, dims=(1, 2)) for t in (lr, hr))

@@ -1,4 +1,8 @@
-"""DSCLoRA's supervision: the frozen teacher's output and its spatial affinities at the taps."""
+"""Loss hooks that supervise a network with another: DSCLoRA's frozen teacher (its output and spatial
+affinities at the taps), and ESPAN's self-distillation (a deeper copy of the network teaches it).
+
+A hook is called with the LR batch and the border-trimmed SR and HR and returns (loss, parts); a
+hook with a `forward(model, lr, step)` method runs the network's forward itself."""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..loading import load_reference
 from ..lora import affinity_loss, taps
-from ..registry import load_model
-from .config import LoraConfig
-from .losses import trim
+from .config import LoraConfig, TrainConfig
+from .losses import LossFn, trim
 
 
 class Distillation:
@@ -24,7 +28,7 @@ class Distillation:
         if not cfg.teacher:
             raise ValueError("a LoRA run needs a teacher (lora.teacher)")
         self.cfg, self.border = cfg, border
-        self.teacher = load_model(cfg.teacher, device=device, progress=False).network.eval()
+        self.teacher = load_reference(cfg.teacher, device=device, progress=False).network.eval()
         if self.teacher.scale != student.scale:
             raise ValueError(f"the teacher is x{self.teacher.scale} but the student is x{student.scale}")
         self._student_taps = taps(student, cfg.taps)
@@ -51,3 +55,42 @@ class Distillation:
     def _trim(self, feature: Tensor, lr: Tensor) -> Tensor:
         """A tapped feature map without the border, scaled to the map's own resolution."""
         return trim(feature, self.border * feature.shape[-2] // lr.shape[-2])
+
+
+def extra_blocks_at(cfg: TrainConfig, step: int) -> int:
+    """ESPAN self-distillation: how many teacher blocks remain at `step` (deeper, then shrink)."""
+    r = cfg.recipe
+    every = r.shrink_every or max(1, cfg.run.steps // (r.extra_blocks + 1))
+    return max(0, r.extra_blocks - step // every)
+
+
+class SelfDistillation:
+    """ESPAN's recipe: the network trains at its own depth and at a deeper one (the teacher, sharing
+    the trunk), the teacher's output pulls the student's where it is better by more than a margin,
+    and the extra blocks are dropped one by one (progressive shrinking) until only the student remains."""
+
+    def __init__(self, cfg: TrainConfig, loss_fn: LossFn, border: int = 0) -> None:
+        self.cfg, self.loss_fn = cfg, loss_fn
+        self.depth = cfg.model.args.get("n_blocks", 5)
+        self.edge = border * cfg.model.scale
+        self.teacher_out: Tensor | None = None
+
+    def forward(self, model: nn.Module, lr: Tensor, step: int) -> Tensor:
+        extra = extra_blocks_at(self.cfg, step)
+        if extra == 0:
+            self.teacher_out = None
+            return model(lr, depths=(self.depth,))[0]
+        student, self.teacher_out = model(lr, depths=(self.depth, self.depth + extra))
+        return student
+
+    def __call__(self, lr: Tensor, sr: Tensor, hr: Tensor) -> tuple[Tensor, dict[str, float]]:
+        if self.teacher_out is None:
+            return sr.new_zeros(()), {}
+        teacher = trim(self.teacher_out.float(), self.edge)
+        self.teacher_out = None
+        l_teacher, _ = self.loss_fn(teacher, hr)
+        with torch.no_grad():
+            mask = ((sr - hr).abs() - (teacher - hr).abs() > self.cfg.recipe.sd_margin).float()
+        l_sd = F.mse_loss((teacher.detach() - sr) * mask, torch.zeros_like(sr))
+        weight = self.cfg.recipe.sd_weight
+        return l_teacher + weight * l_sd, {"teacher": float(l_teacher.detach()), "sd": float(l_sd.detach()) * weight}

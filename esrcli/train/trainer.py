@@ -20,21 +20,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from ..archs import SRNet, build
 from ..atomic import atomic_write
 from ..bench import evaluate_set
+from ..degrade import Degrader
 from ..device import resolve_device
 from ..errors import EsrError
-from .config import TrainConfig
+from ..runs import describe, student_depth
+from .config import CHECKPOINT, CONFIG, METRICS, TrainConfig
 from .data import MARGIN, PatchDataset, load_sources, make_loader
 from .losses import build_loss, has_terms, trim
-
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.toml"
-METRICS = "metrics.jsonl"
 
 Event = dict[str, Any]
 
@@ -66,25 +63,14 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     raise TrainingError(f"unknown schedule '{o.schedule}' (cosine or multistep)")
 
 
-def extra_blocks_at(cfg: TrainConfig, step: int) -> int:
-    """ESPAN self-distillation: how many teacher blocks remain at `step` (deeper, then shrink)."""
-    r = cfg.recipe
-    every = r.shrink_every or max(1, cfg.run.steps // (r.extra_blocks + 1))
-    return max(0, r.extra_blocks - step // every)
-
-
-def student_depth(cfg: TrainConfig) -> int | None:
-    return cfg.model.args.get("n_blocks", 5) if cfg.recipe.name == "espan-sd" else None
-
-
 def build_network(cfg: TrainConfig) -> SRNet:
     """The training network: for LoRA runs the frozen student with adapters; for ESPAN
     self-distillation, with the teacher's extra blocks."""
     if cfg.lora.student:
+        from ..loading import load_reference
         from ..lora import LoRAGroup, add_lora
-        from ..registry import load_model
 
-        student = load_model(cfg.lora.student, progress=False).network
+        student = load_reference(cfg.lora.student, progress=False).network
         add_lora(student, [LoRAGroup(g["pattern"], int(g["rank"]), float(g["alpha"])) for g in cfg.lora.groups])
         return student
     args = dict(cfg.model.args)
@@ -100,9 +86,9 @@ def build_network(cfg: TrainConfig) -> SRNet:
 def warm_start(network: nn.Module, ref: str) -> list[str]:
     """Copy the tensors of `ref` whose names and shapes match into `network`; return the names left
     at their initial values. The source is the fused model, so this suits form = "fused" runs."""
-    from ..registry import load_model
+    from ..loading import load_reference
 
-    source = load_model(ref, progress=False).network
+    source = load_reference(ref, progress=False).network
     if source.arch != network.arch:
         raise TrainingError(f"model.init '{ref}' is a {source.arch} model, but this run trains {network.arch}")
     own, theirs = network.state_dict(), source.state_dict()
@@ -147,6 +133,10 @@ class Trainer:
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         self.device = resolve_device(cfg.run.device)
+        if self.device.type == "cpu":
+            # Gradients of a nearly trained network (a warm start, a finetune) underflow into
+            # subnormal floats, which the CPU handles many times slower: measured 2.4x on a step.
+            torch.set_flush_denormal(True)
         self.rank, self.world = init_distributed(self.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -183,6 +173,10 @@ class Trainer:
             from .distill import Distillation
 
             self.loss_hook = Distillation(cfg.lora, self.network, self.device, border=cfg.loss.border)
+        elif self.loss_hook is None and cfg.recipe.name == "espan-sd":
+            from .distill import SelfDistillation
+
+            self.loss_hook = SelfDistillation(cfg, self.loss_fn, border=cfg.loss.border)
         distills = bool(cfg.lora.student) and bool(cfg.lora.teacher_weight or cfg.lora.affinity_weight)
         if not has_terms(cfg.loss) and not distills and loss_hook is None:
             raise TrainingError("every loss weight is zero: set one of loss.l1, l2, charbonnier, gv, freq (or a lora teacher term)")
@@ -233,6 +227,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
+            "network": describe(self.network, self.cfg),  # what loading the run rebuilds, without this trainer
         }
 
     def save(self) -> None:
@@ -269,25 +264,13 @@ class Trainer:
     # --- steps ----------------------------------------------------------------------------
 
     def _forward_loss(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The step's loss on the patch without its border (loss.border): the network sees all of `lr`."""
-        cfg = self.cfg
-        edge = cfg.loss.border * cfg.model.scale
+        """The step's loss on the patch without its border (loss.border): the network sees all of `lr`.
+        A loss hook (DSCLoRA's teacher, ESPAN's self-distillation) may run the forward itself and adds its terms."""
+        edge = self.cfg.loss.border * self.cfg.model.scale
         hr = trim(hr, edge)
-        if cfg.recipe.name == "espan-sd":
-            depth = student_depth(cfg)
-            extra = extra_blocks_at(cfg, self.step)
-            if extra == 0:
-                (sr,) = self.model(lr, depths=(depth,))
-                return self.loss_fn(trim(sr.float(), edge), hr)
-            stu, tea = (trim(y.float(), edge) for y in self.model(lr, depths=(depth, depth + extra)))
-            l_stu, parts = self.loss_fn(stu, hr)
-            l_tea, _ = self.loss_fn(tea, hr)
-            with torch.no_grad():
-                mask = ((stu - hr).abs() - (tea - hr).abs() > cfg.recipe.sd_margin).float()
-            l_sd = F.mse_loss((tea.detach() - stu) * mask, torch.zeros_like(stu))
-            parts = {**parts, "teacher": float(l_tea.detach()), "sd": float(l_sd.detach()) * cfg.recipe.sd_weight}
-            return l_stu + l_tea + cfg.recipe.sd_weight * l_sd, parts
-        sr = trim(self.model(lr).float(), edge)
+        forward = getattr(self.loss_hook, "forward", None)
+        sr = forward(self.model, lr, self.step) if forward is not None else self.model(lr)
+        sr = trim(sr.float(), edge)
         loss, parts = self.loss_fn(sr, hr)
         if self.loss_hook is not None:
             extra_loss, extra_parts = self.loss_hook(lr, sr, hr)
@@ -369,7 +352,8 @@ class Trainer:
             emit({"kind": "done", "step": self.step})
             return
         sources = load_sources(cfg.data.train, cfg.model.scale)
-        dataset = PatchDataset(sources, cfg.model.scale, cfg.data.lr_patch, cfg.run.seed, self.rank)
+        degrader = Degrader(cfg.degradation, cfg.model.scale) if cfg.degradation.enabled else None
+        dataset = PatchDataset(sources, cfg.model.scale, cfg.data.lr_patch, cfg.run.seed, self.rank, degrader)
         loader = make_loader(dataset, self.step, cfg.run.steps, cfg.data.batch, cfg.data.workers)
         emit(
             {

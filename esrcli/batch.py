@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .imagefile import FORMATS, ImageError, Picture, format_for_suffix, read_image, write_image
+from .imagefile import ImageError, Picture, read_image, write_image
+from .paths import FORMATS, format_for_suffix, list_images
 from .scaling import Pipeline, resample, target_size
 
 # --- one picture ---------------------------------------------------------------------------
@@ -82,7 +83,6 @@ def _surrounded_by(mask: np.ndarray, radius: int) -> np.ndarray:
 
 # --- batches of files ----------------------------------------------------------------------
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".tga", ".ppm", ".pgm", ".jfif"}
 
 
 @dataclass
@@ -113,8 +113,7 @@ def expand_inputs(inputs: Iterable[str], recursive: bool) -> tuple[list[tuple[Pa
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = list_images(path, recursive)
             if not files:
                 problems.append(
                     Outcome(

@@ -1,0 +1,204 @@
+"""esr as a library: open a model once, then upscale PIL images, numpy arrays and torch tensors.
+
+    import esrcli
+    model = esrcli.load_model("span-tiny")               # anything -m accepts
+    big = model.upscale(Image.open("photo.png"))         # a PIL image of the same mode family
+    arr = esrcli.upscale(pixels, scale=2)                # numpy in, numpy out (same dtype and layout)
+
+The CLI is a thin layer over this module: the same pixels come out of both for the same input and
+settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .batch import upscale_picture
+from .device import resolve_device, resolve_precision
+from .errors import EsrError
+from .imagefile import Picture, pil_arrays, to_8bit
+from .loading import LoadedModel, load_reference
+from .registry import DEFAULT_MODEL, default_registry
+from .scaling import Pipeline, plan_scale
+from .tiling import TilePlan, Upscaler, auto_plan, default_overlap
+
+if TYPE_CHECKING:
+    from torch import nn
+
+ImageLike = TypeVar("ImageLike", Image.Image, np.ndarray, torch.Tensor)
+
+
+class InputError(EsrError, TypeError):
+    """An image object the API cannot take (its type, dtype or layout)."""
+
+
+class Model:
+    """A model reference opened on one device in one precision, ready to upscale by any factor.
+
+    `scale` is the factor `upscale` uses by default (the model's own unless given); a registry
+    model loads its other native variants when a factor needs them."""
+
+    def __init__(self, ref: str, *, scale: float | None = None, device: str = "auto", precision: str = "auto", progress: bool = False) -> None:
+        self.ref = ref
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self._progress = progress
+        self._variants: dict[int, LoadedModel] = {}
+        registry = default_registry()
+        self.native: list[int] = registry.get(ref).scales if ref in registry.entries else []
+        first = self._variant(plan_scale(self.native, scale).passes[0] if self.native and scale is not None else None)
+        if not self.native:
+            self.native = [first.scale]
+        self.name = first.name
+        self.arch = first.arch
+        self.source = first.source  # the weight file read (a registry variant's names its SHA-256)
+        self.scale: float = first.scale if scale is None else scale
+        plan_scale(self.native, self.scale)  # an unreachable scale fails here, not at the first image
+        self.network: nn.Module = first.network
+        self._pipelines: dict[tuple, Pipeline] = {}
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, scale={self.scale:g}, device={str(self.device)!r}, dtype={self.dtype})"
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.network.parameters())
+
+    def _variant(self, scale: int | None) -> LoadedModel:
+        if scale is not None and scale in self._variants:
+            return self._variants[scale]
+        loaded = load_reference(self.ref, scale=scale, device=self.device, dtype=self.dtype, progress=self._progress)
+        self._variants[loaded.scale] = loaded
+        return loaded
+
+    def pipeline(self, scale: float | None = None, *, tile: int | None = None, overlap: int | None = None, batch: int | None = None) -> Pipeline:
+        """The passes and tiling that reach `scale`: tile None picks a size from free memory, 0 runs whole images."""
+        key = (self.scale if scale is None else scale, tile, overlap, batch)
+        if key not in self._pipelines:
+            plan = plan_scale(self.native, key[0])
+            upscalers = {}
+            for s in plan.scales:
+                network = self._variant(s).network
+                if tile is None:
+                    auto = auto_plan(network, s, self.device, self.dtype, overlap)
+                    tiles = TilePlan(auto.tile, auto.overlap, batch or auto.batch)
+                else:
+                    tiles = TilePlan(tile, default_overlap(network) if overlap is None else overlap, batch or 1)
+                upscalers[s] = Upscaler(network, s, tiles)
+            self._pipelines[key] = Pipeline(plan, upscalers)
+        return self._pipelines[key]
+
+    def upscale(
+        self,
+        image: ImageLike,
+        *,
+        scale: float | None = None,
+        tile: int | None = None,
+        overlap: int | None = None,
+        alpha: str = "model",
+        on_tile: Callable[[int], None] | None = None,
+    ) -> ImageLike:
+        """`image` upscaled by `scale` (default: the model's), in the type and layout it came in.
+
+        A PIL image comes back in the same mode family (L, LA, RGB, RGBA; palette images as RGB(A),
+        16-bit grey as I;16), with its ICC profile; a numpy array HxW or HxWxC (C = 1 to 4), uint8
+        or uint16, with the same dtype and layout; a float tensor (N)CHW in 0..1 (C = 1 or 3) as a
+        tensor on its own device. Transparency goes through the model (`alpha="bicubic"` resamples
+        it), and constant, fully opaque and fully transparent areas stay exact."""
+        pipeline = self.pipeline(scale, tile=tile, overlap=overlap)
+        if isinstance(image, Image.Image):
+            return _upscale_pil(image, pipeline, alpha, on_tile)
+        if isinstance(image, np.ndarray):
+            return _upscale_array(image, pipeline, alpha, on_tile)
+        if isinstance(image, torch.Tensor):
+            return _upscale_tensor(image, pipeline, on_tile)
+        raise InputError(f"cannot upscale a {type(image).__name__}: pass a PIL image, a numpy array or a torch tensor")
+
+
+def load_model(name_or_path: str, *, scale: float | None = None, device: str = "auto", precision: str = "auto") -> Model:
+    """Open a model: a registry name (esr models list), a .pth/.safetensors file, an esr train run
+    folder or hf://owner/repo/file. Weights are downloaded, verified and fused once, then cached."""
+    return Model(str(name_or_path), scale=scale, device=device, precision=precision)
+
+
+@lru_cache(maxsize=4)
+def _cached_model(name_or_path: str, device: str, precision: str) -> Model:
+    return Model(name_or_path, device=device, precision=precision)
+
+
+def upscale(
+    image: ImageLike,
+    *,
+    model: str = DEFAULT_MODEL,
+    scale: float | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    tile: int | None = None,
+) -> ImageLike:
+    """Upscale one image with `model` (opened once and kept for later calls); see Model.upscale."""
+    return _cached_model(str(model), device, precision).upscale(image, scale=scale, tile=tile)
+
+
+# --- conversions -----------------------------------------------------------------------------
+
+
+def _upscale_pil(image: Image.Image, pipeline: Pipeline, alpha: str, on_tile: Any) -> Image.Image:
+    pixels, alpha_plane = pil_arrays("<PIL image>", image)
+    picture = Picture(pixels=pixels, alpha=alpha_plane, icc_profile=image.info.get("icc_profile"))
+    result = upscale_picture(picture, pipeline, alpha_mode=alpha, on_tile=on_tile)
+    out = _to_pil(result)
+    if picture.icc_profile:
+        out.info["icc_profile"] = picture.icc_profile
+    return out
+
+
+def _to_pil(picture: Picture) -> Image.Image:
+    if picture.bit_depth == 16:
+        if picture.pixels.shape[2] == 1 and picture.alpha is None:
+            return Image.fromarray(np.ascontiguousarray(picture.pixels[..., 0]))  # uint16 grey: mode I;16
+        picture = to_8bit(picture)  # Pillow holds 16 bits only as plain grey
+    pixels, alpha = picture.pixels, picture.alpha
+    stack = pixels if alpha is None else np.concatenate([pixels, alpha], axis=2)
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[stack.shape[2]]
+    return Image.fromarray(stack[..., 0] if mode == "L" else np.ascontiguousarray(stack), mode)
+
+
+def _upscale_array(array: np.ndarray, pipeline: Pipeline, alpha: str, on_tile: Any) -> np.ndarray:
+    if array.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"numpy images must be uint8 or uint16, not {array.dtype} (scale floats to 0..65535 and cast)")
+    if array.ndim == 2:
+        return _upscale_array(array[..., None], pipeline, alpha, on_tile)[..., 0]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or min(array.shape[:2]) < 1:
+        raise InputError(f"numpy images must be HxW or HxWxC with C from 1 to 4, not shape {array.shape}")
+    colour = 1 if array.shape[2] in (1, 2) else 3
+    alpha_plane = np.ascontiguousarray(array[..., colour:]) if array.shape[2] in (2, 4) else None
+    picture = Picture(pixels=np.ascontiguousarray(array[..., :colour]), alpha=alpha_plane)
+    result = upscale_picture(picture, pipeline, alpha_mode=alpha, on_tile=on_tile)
+    return result.pixels if result.alpha is None else np.concatenate([result.pixels, result.alpha], axis=2)
+
+
+def _upscale_tensor(tensor: torch.Tensor, pipeline: Pipeline, on_tile: Any) -> torch.Tensor:
+    if not tensor.is_floating_point() or tensor.ndim not in (3, 4) or tensor.shape[-3] not in (1, 3):
+        raise InputError(f"tensors must be float (N)CHW with C = 1 or 3 in 0..1, not {tensor.dtype} of shape {tuple(tensor.shape)}")
+    batch = tensor[None] if tensor.ndim == 3 else tensor
+    first = pipeline.upscalers[pipeline.plan.passes[0]]
+    h, w = batch.shape[-2:]
+    if len(pipeline.plan.passes) == 1 and not pipeline.plan.resample and first.count_tiles(h, w) == 1 and first.device == tensor.device:
+        with torch.inference_mode():  # whole images on the model's own device: no round trip through the CPU
+            x = batch.to(first.dtype).expand(-1, 3, -1, -1)
+            y = first.network(x).float().clamp(0, 1)
+            y = y.mean(dim=1, keepdim=True) if batch.shape[1] == 1 else y
+        if on_tile:
+            on_tile(1)
+        out = y.to(tensor.dtype)
+    else:
+        frames = [f.permute(1, 2, 0).float().clamp(0, 1).cpu().numpy() for f in batch]
+        ups = [pipeline.run(np.ascontiguousarray(f), on_tile) for f in frames]
+        out = torch.stack([torch.from_numpy(u).permute(2, 0, 1) for u in ups]).to(device=tensor.device, dtype=tensor.dtype)
+    return out[0] if tensor.ndim == 3 else out

@@ -1,0 +1,67 @@
+"""Which files are images, which formats esr writes, and how image sets are laid out on disk.
+
+Light on purpose (no numpy, no Pillow): the CLI's options are built from it before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Formats esr writes, by --format name, with the suffix a new file gets.
+FORMATS: dict[str, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
+
+_WRITABLE: dict[str, str] = {
+    ".png": "png",
+    ".jpg": "jpg",
+    ".jpeg": "jpg",
+    ".jpe": "jpg",
+    ".jfif": "jpg",
+    ".webp": "webp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+}
+
+# Suffixes a folder or glob input is scanned for: everything written above, and what esr reads but
+# writes as PNG (BMP, GIF, TGA, PPM/PGM).
+IMAGE_SUFFIXES = frozenset(_WRITABLE) | {".bmp", ".gif", ".tga", ".ppm", ".pgm"}
+
+
+def format_for_suffix(suffix: str) -> str | None:
+    """The FORMATS name for a file suffix (".JPEG" -> "jpg"), or None if esr does not write it."""
+    s = suffix.strip().lower()
+    if s and not s.startswith("."):
+        s = "." + s
+    return _WRITABLE.get(s)
+
+
+def writable_suffixes() -> list[str]:
+    return sorted(_WRITABLE)
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files of a folder (and its subfolders with `recursive`), sorted."""
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in Path(folder).glob(pattern) if p.is_file() and is_image(p))
+
+
+# --- benchmark and validation sets -----------------------------------------------------------
+
+
+def hr_folder(set_dir: Path) -> Path:
+    """A set is a folder with HR/ (and optionally LR_bicubic/X{s}/), or simply a folder of images."""
+    return set_dir / "HR" if (set_dir / "HR").is_dir() else set_dir
+
+
+def find_lr(set_dir: Path, hr_path: Path, scale: int) -> Path | None:
+    """The set's own LR file for an HR image (`LR_bicubic/X4/babyx4.png` or `.../baby.png`)."""
+    folder = set_dir / "LR_bicubic" / f"X{scale}"
+    for stem in (f"{hr_path.stem}x{scale}", hr_path.stem):
+        for suffix in (hr_path.suffix, ".png"):
+            candidate = folder / f"{stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
