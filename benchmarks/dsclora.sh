@@ -30,7 +30,7 @@ esr finetune-lora --teacher "$teacher" --student "$student" \
 echo "finetune: $(( $(date +%s) - start )) s"
 models=()
 for strength in ${STRENGTHS:-1 0.5 0.25}; do
-  esr export "$run" --strength "$strength" --out "$run/merged-s$strength.safetensors"
+  esr export "$run" --strength "$strength" --out "$run/merged-s$strength.safetensors" --overwrite
   models+=("$run/merged-s$strength.safetensors")
 done
 python benchmarks/image_gains.py "$student" "${models[@]}" --data "$t/T91" --data "$b/Set5" --data "$b/Set14" --data "$b/BSD100"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imagefile import ImageError, Picture, read_image, write_image
+from .imagefile import ImageError, Picture, check_storable, read_image, write_image
 from .paths import FORMATS, format_for_suffix, list_images
 from .scaling import Pipeline, resample, target_size
 
@@ -89,6 +89,7 @@ def _surrounded_by(mask: np.ndarray, radius: int) -> np.ndarray:
 class Task:
     source: Path
     output: Path
+    format: str  # a key of FORMATS, decided once when the batch is planned
 
 
 @dataclass
@@ -112,7 +113,9 @@ def expand_inputs(inputs: Iterable[str], recursive: bool) -> tuple[list[tuple[Pa
     problems: list[Outcome] = []
     for raw in inputs:
         path = Path(raw)
-        if path.is_dir():
+        if not raw.strip():  # an unset shell variable: never "the current folder"
+            problems.append(Outcome(path, None, "failed", f"{raw!r}: an empty input name (an unset variable?)"))
+        elif path.is_dir():
             files = list_images(path, recursive)
             if not files:
                 problems.append(
@@ -181,16 +184,26 @@ def plan_batch(inputs: Iterable[str], *, out: Path | None, recursive: bool, suff
                 Outcome(f, target, "failed", f"{f}: the output would overwrite an input ({target}); change --suffix or -o")
             )
             continue
+        out_format = fmt if fmt != "same" else format_for_suffix(target.suffix)
+        if out_format is None:  # only an -o FILE can name a suffix esr does not write
+            batch.failures.append(Outcome(f, target, "failed", f"{target}: esr does not write {target.suffix or 'files without a suffix'}; "
+                                          f"use one of {', '.join(FORMATS.values())} or pass --format"))  # fmt: skip
+            continue
         writers.setdefault(target.resolve(), []).append(f)
-        batch.tasks.append(Task(f, target))
+        batch.tasks.append(Task(f, target, out_format))
     clashes = [(task.output, writers[task.output.resolve()]) for task in batch.tasks if len(writers[task.output.resolve()]) > 1]
     if clashes:
         # Never let one input's result silently replace (or skip) another's: refuse before any work.
-        hint = "use --recursive to mirror the folders under -o" if not recursive else "use a different -o or --suffix for each"
         seen: set[Path] = set()
         for target, names in clashes:
             if target.resolve() not in seen:
                 seen.add(target.resolve())
+                if len({n.parent.resolve() for n in names}) == 1:
+                    hint = "they differ only in format: upscale them in separate runs with different --suffix"
+                elif not recursive:
+                    hint = "use --recursive to mirror the folders under -o"
+                else:
+                    hint = "use a different -o or --suffix for each"
                 listed = " and ".join(str(n) for n in names)
                 batch.failures.append(Outcome(names[0], target, "failed", f"{target}: would be written by {listed}; {hint}"))
         batch.tasks = []
@@ -199,7 +212,6 @@ def plan_batch(inputs: Iterable[str], *, out: Path | None, recursive: bool, suff
 
 @dataclass(frozen=True)
 class Settings:
-    fmt: str = "same"  # "same" or a key of FORMATS
     quality: int = 95
     alpha_mode: str = "model"  # or "bicubic"
     overwrite: bool = False
@@ -224,14 +236,16 @@ def process(
         return Outcome(task.source, task.output, "skipped", f"{task.output} exists (use --overwrite)")
     try:
         picture = read_image(task.source, allow_large=settings.allow_large)
-        out_format = settings.fmt if settings.fmt != "same" else format_for_suffix(task.output.suffix)
-        if picture.alpha is not None and out_format == "jpg":
-            return failed(f"{task.source}: has transparency, which JPEG cannot store; use --format png or webp")
+        check_storable(picture, task.format, str(task.source))
         if on_start:
             on_start(tiles_for(pipeline, picture, settings.alpha_mode == "model"))
         result = upscale_picture(picture, pipeline, alpha_mode=settings.alpha_mode, on_tile=on_tile)
-        task.output.parent.mkdir(parents=True, exist_ok=True)
-        path = write_image(result, task.output, format=out_format, quality=settings.quality)
+        try:
+            task.output.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            blocker = next((p for p in reversed(task.output.parents) if p.exists() and not p.is_dir()), task.output.parent)
+            return failed(f"{task.output}: cannot write ({blocker} is a file, not a folder)")
+        path = write_image(result, task.output, format=task.format, quality=settings.quality)
     except ImageError as exc:
         return failed(str(exc))
     except OSError as exc:

@@ -84,6 +84,8 @@ def evaluate_set(
     psnrs, ssims = [], []
     for path in paths:
         hr = mod_crop(read_rgb8(path), scale)
+        if min(hr.shape[:2]) < max(scale, 2 * crop + 11):  # SSIM's 11 x 11 window must fit inside the crop
+            raise BenchmarkSetError(f"{path}: {hr.shape[1]}x{hr.shape[0]} is too small to score at x{scale} with {crop} px cropped")
         lr_path = None if degrade else find_lr(set_dir, path, scale)
         if degrade:
             lr = degrade_benchmark(hr, scale, degrade, key=path.stem)

@@ -45,6 +45,10 @@ class ChecksumMismatch(DownloadError):
     """The bytes arrived but are not the pinned ones; the bad file is already deleted."""
 
 
+class CacheError(EsrError):
+    """esr's cache folder cannot be made or written."""
+
+
 class OfflineError(DownloadError):
     """Offline mode forbids the network and the file is not cached."""
 
@@ -60,7 +64,10 @@ def cache_dir() -> Path:
     else:
         xdg = os.environ.get("XDG_CACHE_HOME")
         root = (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / "esr"  # XDG: relative values are ignored
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"{root}: cannot use this cache folder ({exc.strerror or exc}); set ESR_CACHE to a writable folder") from None
     return root
 
 

@@ -465,8 +465,7 @@ def write_image(picture: Picture, path: str | os.PathLike[str], *, format: str |
     target = Path(path)
     name = os.fspath(path)
     fmt = _resolve_format(name, target, format)
-    if fmt == "jpg" and picture.alpha is not None:
-        raise ImageError(name, "the image has transparency, which JPEG cannot store; use --format png or webp")
+    check_storable(picture, fmt, name)
     if target.is_dir():
         raise ImageError(name, "cannot write (it is a directory)")
 
@@ -484,6 +483,12 @@ def write_image(picture: Picture, path: str | os.PathLike[str], *, format: str |
     except Exception as e:  # noqa: BLE001 - encoders raise ValueError, struct.error, ...
         raise ImageError(name, f"cannot write ({e or type(e).__name__})") from e
     return target
+
+
+def check_storable(picture: Picture, fmt: str, name: str) -> None:
+    """Refuse what a format cannot hold (transparency in JPEG) before any work is spent on it."""
+    if fmt == "jpg" and picture.alpha is not None:
+        raise ImageError(name, "has transparency, which JPEG cannot store; use --format png or webp")
 
 
 def _resolve_format(name: str, target: Path, format: str | None) -> str:

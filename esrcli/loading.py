@@ -15,7 +15,7 @@ import torch
 from .archs import SRNet
 from .device import memory_format
 from .download import ChecksumMismatch, DownloadError, OfflineError, fetch, fetch_first, manual_download_advice, sha256_file
-from .registry import ModelEntry, Registry, Weights, default_registry, embedded_source, fused_cache_path
+from .registry import ModelEntry, Registry, RegistryError, Weights, default_registry, embedded_source, fused_cache_path
 from .scaling import ScalePlan, plan_scale
 from .sources import HubSource
 from .weights import WEIGHT_SUFFIXES, WeightsError, load_network, network_from_state_dict, read_state_dict, save_network
@@ -92,6 +92,8 @@ def load_reference(
     `scale` picks a registry variant; a file has the one scale it was trained for.
     """
     registry = registry or default_registry()
+    if not ref.strip():
+        raise RegistryError("an empty model name (an unset variable?); esr models list shows the names")
     if ref.startswith("hf://"):
         source = HubSource.from_uri(ref)
         try:

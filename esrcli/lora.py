@@ -121,25 +121,28 @@ def affinity_loss(student: Tensor, teacher: Tensor, chunk: int = 1024) -> Tensor
     return total / (b * n * n)
 
 
+def tapped(network: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """The names of the modules that `patterns` (fnmatch) select."""
+    return [name for name, _ in network.named_modules() if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+
 @contextmanager
 def taps(network: nn.Module, patterns: Sequence[str]) -> Iterator[dict[str, Tensor]]:
     """Record the outputs of the modules matching `patterns` during forwards, by module name."""
     outputs: dict[str, Tensor] = {}
-    handles = []
-    for name, module in network.named_modules():
-        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
-            handles.append(module.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out)))
-    if not handles:
+    names = set(tapped(network, patterns))
+    if patterns and not names:
         raise ValueError(f"no module matches the distillation taps {list(patterns)}")
+    handles = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
+        for name, module in network.named_modules()
+        if name in names
+    ]
     try:
         yield outputs
     finally:
         for h in handles:
             h.remove()
-
-
-# The pre-activation outputs of the three convs of blocks 1 to 3, as in the released code.
-DEFAULT_TAPS = ("block_1.c?_r", "block_2.c?_r", "block_3.c?_r")
 
 
 def count(network: nn.Module) -> tuple[int, int]:

@@ -77,7 +77,11 @@ def _source(raw: dict[str, Any], weights: dict[str, Any], where: str) -> Source:
     raise RegistryError(f"{where}: a source needs 'url', 'hub' or 'package'")
 
 
-def _entry(name: str, raw: dict[str, Any], where: str) -> ModelEntry:
+def _entry(name: str, raw: Any, where: str) -> ModelEntry:
+    if not isinstance(raw, dict):
+        raise RegistryError(f"{where}: '{name}' must be a table of a model ([{name}]), not {type(raw).__name__}")
+    if not raw.get("weights"):
+        raise RegistryError(f"{where}: model '{name}' has no [[{name}.weights]]")
     try:
         weights = tuple(
             Weights(
@@ -101,6 +105,8 @@ def _entry(name: str, raw: dict[str, Any], where: str) -> ModelEntry:
         )
     except KeyError as exc:
         raise RegistryError(f"{where}: model '{name}' lacks {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong type or form
+        raise RegistryError(f"{where}: model '{name}' is malformed ({' '.join(str(exc).split())})") from None
 
 
 @dataclass
@@ -113,8 +119,8 @@ class Registry:
         path = Path(path)
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise RegistryError(f"{path}: cannot read the model registry ({exc})") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise RegistryError(f"{path}: cannot read the model registry ({' '.join(str(exc).split())})") from None
         return cls({name: _entry(name, body, str(path)) for name, body in raw.items()}, path)
 
     def get(self, name: str) -> ModelEntry:

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from .archs import SRNet, build, detect, fused_state_dict
@@ -68,10 +67,17 @@ def read_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise RunError(f"{run_dir}: not a training run (no {CHECKPOINT})")
+    from .weights import WeightsError, safe_torch_load
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged or foreign file
-        raise RunError(f"{path}: not a readable esr checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        state = safe_torch_load(path)
+    except WeightsError as exc:
+        raise RunError(str(exc).replace("weight file", "checkpoint")) from None
+    except Exception:  # a damaged or foreign file
+        raise RunError(f"{path}: not a readable esr checkpoint") from None
+    if not isinstance(state, dict) or not {"config", "step", "model"} <= set(state):
+        raise RunError(f"{path}: not an esr checkpoint (it lacks the run's config, step or weights)")
+    return state
 
 
 def network_from_run(run_dir: str | Path, *, use_ema: bool = True, strength: float = 1.0) -> tuple[SRNet, TrainConfig, int]:

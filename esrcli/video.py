@@ -21,6 +21,7 @@ import queue
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -59,7 +60,7 @@ class VideoInfo:
     start: Fraction  # seconds of the first video frame
     duration: Fraction  # seconds of video
     pix_fmt: str
-    colorspace: str | None
+    colorspace: tuple[str | None, str | None, str | None]  # matrix, primaries, transfer; None = unknown
     streams: list[Stream] = field(default_factory=list)
     declared: Fraction | None = None  # the video's duration as the container states it, when it does
 
@@ -91,9 +92,13 @@ def _ffmpeg_reason(stderr: str) -> str:
         "No such file",
         "Invalid data",
         "Unknown encoder",
+        "Unknown pixel format",
+        "Unrecognized option",
+        "moov atom not found",
         "No space left",
         "Permission denied",
         "not currently supported",
+        "Could not find tag",
         "Error",
         "error",
     ):
@@ -123,19 +128,34 @@ def probe(path: str | Path) -> VideoInfo:
     if video is None:
         raise VideoError(f"{path}: has no video stream")
     rest = video[1]
-    size = re.search(r"(\d{2,5})x(\d{2,5})", rest)
+    if video[0].codec == "none":
+        raise VideoError(f"{path}: its video stream cannot be decoded (a truncated or damaged file?)")
+    size = re.search(r"(?<![\w/])(\d{1,5})x(\d{1,5})\b", rest)
     if not size:
         raise VideoError(f"{path}: cannot read the video size")
     width, height = int(size.group(1)), int(size.group(2))
     pix = re.search(r"\), (\w+)(?:\(([^)]*)\))?", rest) or re.search(r", (\w+)(?:\(([^)]*)\))?,", rest)
     pix_fmt = pix.group(1) if pix else "yuv420p"
-    colorspace = next((c for c in (pix.group(2) or "").split(", ") if c.startswith("bt")), None) if pix else None
+    colorspace = _colour_description(pix.group(2) or "" if pix else "")
     rotation = re.search(r"rotation of (-?[\d.]+) degrees", header)
     if rotation and round(abs(float(rotation.group(1)))) % 180 == 90:
         width, height = height, width
     info = VideoInfo(width, height, 0, Fraction(0), False, Fraction(0), Fraction(0), pix_fmt, colorspace, streams)
     info.declared = _declared_duration(header, video[0].index, len(streams))
     return _timing(path, info)
+
+
+COLOUR_NAME = re.compile(r"^(bt|smpte|fcc|ycgco|arib|iec|linear|log|gamma|film|jedec|ebu|unknown)[\w-]*$")
+
+
+def _colour_description(details: str) -> tuple[str | None, str | None, str | None]:
+    """(matrix, primaries, transfer) from ffmpeg's "tv, bt709" or "pc, bt2020nc/bt2020/smpte2084"."""
+    for token in details.split(", "):
+        parts = token.split("/")
+        if all(COLOUR_NAME.match(p) for p in parts) and len(parts) in (1, 3):
+            names = parts * 3 if len(parts) == 1 else parts
+            return tuple(None if n in ("unknown", "reserved") else n for n in names)  # type: ignore[return-value]
+    return (None, None, None)
 
 
 def _declared_duration(header: str, index: int, streams: int) -> Fraction | None:
@@ -158,13 +178,16 @@ def _timing(path: Path, info: VideoInfo) -> VideoInfo:
     if not tb_match:
         raise VideoError(f"{path}: cannot read the video timestamps")
     tb = Fraction(int(tb_match.group(1)), int(tb_match.group(2)))
+    # framecrc rows: stream, dts, pts, duration, size, checksum; AVI stores no pts (NOPTS): use the dts
     packets = [tuple(int(v) for v in line.split(",")[1:4]) for line in out.splitlines() if line and not line.startswith("#")]
     if not packets:
         raise VideoError(f"{path}: the video stream has no frames")
-    pts = sorted(p[1] for p in packets)
-    durations = {p[2] for p in packets if p[2] > 0}
-    steps = {b - a for a, b in zip(pts, pts[1:])}
-    end = pts[-1] + max(durations or {0})
+    pts = sorted(p if p != NOPTS else d for d, p, _ in packets)
+    if pts[0] == NOPTS:
+        raise VideoError(f"{path}: the video stream carries no timestamps")
+    durations = {d for *_, d in packets if d > 0}
+    steps = {b - a for a, b in zip(pts, pts[1:]) if b > a}
+    end = pts[-1] + max(durations or steps or {1})
     info.frames = len(packets)
     info.start = pts[0] * tb
     info.duration = (end - pts[0]) * tb
@@ -178,6 +201,8 @@ def _timing(path: Path, info: VideoInfo) -> VideoInfo:
     return info
 
 
+NOPTS = -(2**63)  # ffmpeg's "no timestamp"
+
 COMMON_RATES = [Fraction(n, 1001) for n in (24000, 30000, 48000, 60000, 120000)] + [
     Fraction(n) for n in (12, 15, 24, 25, 30, 48, 50, 60, 72, 90, 100, 120, 144, 240)
 ]
@@ -190,6 +215,8 @@ def _rounded_constant_rate(pts: list[int], tb: Fraction) -> Fraction | None:
     if len(pts) < 3:
         return None
     mean_step = (pts[-1] - pts[0]) * tb / (len(pts) - 1)
+    if mean_step <= 0:  # no usable timestamps (AVI stores none per frame)
+        return None
     for rate in [*COMMON_RATES, (1 / mean_step).limit_denominator(1001)]:
         if abs(1 / rate - mean_step) > tb:
             continue
@@ -219,18 +246,19 @@ class EncodeSettings:
                 args += ["-b:v", "0"]  # constant-quality mode
         if self.preset:
             args += ["-preset", self.preset]
-        if info.colorspace:  # keep the source's colour description (and the matrix used for YUV)
-            args += [
-                "-vf",
-                f"scale=out_color_matrix={info.colorspace}",
-                "-colorspace",
-                info.colorspace,
-                "-color_primaries",
-                info.colorspace,
-                "-color_trc",
-                info.colorspace,
-            ]
+        # Keep the source's colour description, and convert RGB to YUV with its matrix, for what it
+        # declares; an undeclared part stays undeclared (ffmpeg then assumes the usual).
+        matrix, primaries, transfer = info.colorspace
+        if matrix in SCALE_MATRICES:
+            args += ["-vf", f"scale=out_color_matrix={matrix}"]
+        for option, value in (("-colorspace", matrix), ("-color_primaries", primaries), ("-color_trc", transfer)):
+            if value:
+                args += [option, value]
         return args + list(self.extra)
+
+
+# The matrices the scale filter converts RGB with (others are still declared, not converted with).
+SCALE_MATRICES = {"bt709", "bt470bg", "smpte170m", "bt2020nc", "bt2020", "bt601", "fcc", "smpte240m"}
 
 
 def fingerprint(path: Path) -> str:
@@ -262,10 +290,27 @@ class Manifest:
 
     @classmethod
     def load(cls, folder: Path) -> Manifest | None:
-        try:
-            return cls(**json.loads((folder / "manifest.json").read_text()))
-        except (OSError, ValueError, TypeError):
+        """The manifest of an interrupted run; None when there is none, an error when it is damaged."""
+        path = folder / "manifest.json"
+        if not path.is_file():
             return None
+        try:
+            manifest = cls(**json.loads(path.read_text()))
+            valid = (
+                isinstance(manifest.key, str)
+                and isinstance(manifest.segment_frames, int)
+                and manifest.segment_frames > 0
+                and isinstance(manifest.segments, list)
+                and all(
+                    isinstance(s, dict) and isinstance(s.get("frames"), int) and s["frames"] > 0 and (folder / str(s.get("file"))).is_file()
+                    for s in manifest.segments
+                )
+            )
+        except (OSError, ValueError, TypeError):
+            valid = False
+        if not valid:
+            raise VideoError(f"{folder}: the interrupted run's parts are damaged; pass --overwrite to start over")
+        return manifest
 
 
 def parts_dir(dst: Path) -> Path:
@@ -386,13 +431,15 @@ class _SegmentWriter:
 
 
 def _writer(writer: _SegmentWriter, frames: queue.Queue, errors: queue.Queue) -> None:
+    ended = False
     try:
         while (frame := frames.get()) is not None:
             writer.write(frame)
+        ended = True
         writer.close()
     except BaseException as exc:
         errors.put(exc)
-        while frames.get() is not None:  # keep the producer from blocking on a full queue
+        while not ended and frames.get() is not None:  # keep the producer from blocking on a full queue
             pass
 
 
@@ -403,10 +450,14 @@ def upscale_video(
     src, dst = job.src, job.dst
     if src.resolve() == dst.resolve():
         raise VideoError(f"{dst}: the output would overwrite the input; choose another name")
+    if dst.is_dir() or (dst.exists() and not dst.is_file()):
+        raise VideoError(f"{dst}: is {'a folder' if dst.is_dir() else 'not a regular file'}; name the output video file")
     if dst.exists() and not job.overwrite:
         raise VideoError(f"{dst}: already exists (pass --overwrite to replace it)")
     if not dst.parent.is_dir():
         raise VideoError(f"{dst}: the folder {dst.parent} does not exist")
+    if not dst.suffix:
+        raise VideoError(f"{dst}: has no suffix, so no container can be chosen (e.g. .mp4, .mkv, .mov, .webm)")
     info = probe(src)
     if info.missing and not job.allow_truncated:
         raise VideoError(
@@ -433,8 +484,9 @@ def upscale_video(
         "size": out_size,
     }
     key = hashlib.sha256((fingerprint(src) + json.dumps(settings, sort_keys=True)).encode()).hexdigest()
-    manifest = Manifest.load(folder) if folder.is_dir() else None
-    if manifest is not None and not job.resume and not job.overwrite:
+    preflight(job, info, out_size, rate)
+    manifest = Manifest.load(folder) if folder.is_dir() and not job.overwrite else None
+    if manifest is not None and not job.resume:
         raise VideoError(
             f"{dst}: an interrupted run left {manifest.frames_done} of {info.frames} frames in {folder}; pass --resume to continue it or --overwrite to start over"
         )
@@ -461,9 +513,6 @@ def upscale_video(
         if not manifest.segments:  # nothing worth resuming: leave no trace
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    check = probe(dst)
-    if check.frames != info.frames:
-        raise VideoError(f"{dst}: has {check.frames} frames, expected {info.frames}")
     shutil.rmtree(folder, ignore_errors=True)
     return VideoResult(info.frames, done, rate, out_size, info.missing)
 
@@ -559,8 +608,33 @@ def _mux(job: VideoJob, info: VideoInfo, manifest: Manifest, folder: Path, rate:
            "-map", "0:v", "-map", "1:a?", "-map", "1:s?"]  # fmt: skip
     if container in (".mkv", ".webm"):
         cmd += ["-map", "1:t?"]
-    cmd += ["-map_metadata", "1", "-map_chapters", "1", "-c", "copy"]
+    cmd += ["-map_metadata", "1", "-map_chapters", "1", "-c", "copy", *subtitle_codec(container)]
     if container in (".mp4", ".mov", ".m4v"):
         cmd += ["-video_track_timescale", str(rate.numerator)]
     with atomic_write(dst, keep_suffix=True) as tmp:
         _ffmpeg(["-v", "error", "-y", *cmd, str(tmp)], what=str(dst))
+        frames = probe(tmp).frames  # checked before the result replaces anything
+        if frames != info.frames:
+            raise VideoError(f"{dst}: the result has {frames} frames, expected {info.frames}; nothing was replaced")
+
+
+def subtitle_codec(container: str) -> list[str]:
+    """Containers that hold text subtitles only in their own format get them converted (MP4: mov_text)."""
+    return {".mp4": ["-c:s", "mov_text"], ".mov": ["-c:s", "mov_text"], ".m4v": ["-c:s", "mov_text"], ".webm": ["-c:s", "webvtt"]}.get(
+        container, []
+    )
+
+
+def preflight(job: VideoJob, info: VideoInfo, size: tuple[int, int], rate: Fraction) -> None:
+    """Encode one black frame with the job's settings into the output's container, with the input's
+    other streams: a setting or a container that cannot work fails here, before any frame is upscaled."""
+    container = job.dst.suffix.lower()
+    with tempfile.TemporaryDirectory(prefix="esr-preflight-") as folder:
+        test = Path(folder) / f"check{container}"
+        cmd = ["-v", "error", "-f", "lavfi", "-i", f"color=c=black:s={size[0]}x{size[1]}:r={rate}", "-t", f"{float(2 / rate):.6f}",
+               "-i", str(job.src), "-map", "0:v", "-map", "1:a?", "-map", "1:s?", "-t", "0.2", *job.encode.encoder_args(info),
+               "-c:a", "copy", "-c:s", "copy", *subtitle_codec(container), str(test)]  # fmt: skip
+        try:
+            _ffmpeg(cmd, what=str(job.dst), timeout=120)
+        except subprocess.TimeoutExpired:
+            raise VideoError(f"{job.dst}: the encoder did not finish a test frame in 2 minutes") from None

@@ -43,7 +43,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
                 sd = {k: f.get_tensor(k) for k in f.keys()}
         else:
             metadata = {}
-            sd = _torch_load(path)
+            sd = safe_torch_load(path)
     except WeightsError:
         raise
     except Exception as exc:  # torch and safetensors raise many types for a bad file
@@ -51,12 +51,16 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
     return unwrap(sd, path), metadata
 
 
-def _torch_load(path: Path) -> Any:
+def safe_torch_load(path: Path) -> Any:
     """torch.load with weights_only, its refusals explained without its advice to turn safety off."""
     import pickle
     import re
     import warnings
 
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # neither a torch zip archive nor a pickle
+        raise WeightsError(f"{path}: not a weight file (neither a PyTorch checkpoint nor safetensors)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. the pickle-protocol UserWarning of the safe unpickler
@@ -130,7 +134,12 @@ def network_from_state_dict(
     metadata = metadata or {}
     if "esr.arch" in metadata:
         arch = metadata["esr.arch"]
-        config = json.loads(metadata.get("esr.config", "{}"))
+        try:
+            config = json.loads(metadata.get("esr.config", "{}"))
+        except ValueError:
+            config = None
+        if not isinstance(config, dict):
+            raise WeightsError(f"{source}: its esr.config metadata is not a JSON object of constructor arguments")
         form = metadata.get("esr.form", "fused")
     else:
         try:
@@ -141,15 +150,32 @@ def network_from_state_dict(
     config.update(overrides or {})
     try:
         model = build(arch, form=form, **config)
-    except (TypeError, ValueError) as exc:
-        raise WeightsError(f"{source}: cannot build {arch} with {config}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{source}: cannot build {arch} with {config}: {' '.join(str(exc).split())}") from None
+    if model.scale < 2:
+        raise WeightsError(f"{source}: a x{model.scale} network; esr upscales by factors of 2 and more")
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     if form == "train":
         sd = _drop_stale(model, sd)
     load_strict(model, sd, source)
     if form == "train":
         model = fuse_model(model)
-    return model.eval()
+    check_runs(model.eval(), source)
+    return model
+
+
+def check_runs(model: SRNet, source: str) -> None:
+    """Weights that load but cannot upscale (NaN or inf values, a head for another channel count) are
+    refused at load, not at the first image: one tiny forward pass tells."""
+    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+        raise WeightsError(f"{source}: the weights hold NaN or infinite values")
+    try:
+        with torch.inference_mode():
+            out = model(torch.full((1, 3, 8, 8), 0.5))
+    except RuntimeError as exc:
+        raise WeightsError(f"{source}: the network does not run on an RGB image ({' '.join(str(exc).split())[:200]})") from None
+    if out.shape != (1, 3, 8 * model.scale, 8 * model.scale) or not torch.isfinite(out).all():
+        raise WeightsError(f"{source}: the network does not give a finite x{model.scale} RGB image")
 
 
 def load_network(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> SRNet:

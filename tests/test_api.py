@@ -199,3 +199,11 @@ def test_no_import_cycles():
     for module in sorted(modules):
         if module not in state:
             visit(module, [module])
+
+
+def test_the_readme_python_examples_run(tmp_path):
+    readme = (PACKAGE.parent / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in readme.split("```python\n")[1:]]
+    assert blocks, "README has no Python example"
+    for code in blocks:
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=300, capture_output=True)

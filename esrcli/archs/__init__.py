@@ -23,17 +23,24 @@ class UnknownArchitecture(EsrError, ValueError):
 def build(arch: str, form: str = "fused", **config: Any) -> SRNet:
     try:
         cls = ARCHITECTURES[arch]
-    except KeyError:
+    except (KeyError, TypeError):
         raise UnknownArchitecture(f"unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})") from None
     return cls(form=form, **config)
 
 
 def detect(sd: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
     """The architecture and constructor arguments (with `form`) that a state dict belongs to."""
+    near_miss = None
     for name, cls in ARCHITECTURES.items():
-        config = cls.detect(sd)
+        try:
+            config = cls.detect(sd)
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:  # this family's keys, not its shapes
+            near_miss = near_miss or f"they look like {name} weights, but {exc if isinstance(exc, ValueError) else 'some tensors are missing or misshapen'}"
+            config = None
         if config is not None:
             return name, config
+    if near_miss:
+        raise UnknownArchitecture(near_miss)
     sample = ", ".join(list(sd)[:4])
     raise UnknownArchitecture(f"no known architecture has these weights (first keys: {sample})")
 

@@ -15,13 +15,13 @@ from rich.progress import (
 from rich.table import Table
 
 from ..errors import EsrError
-from .common import device_options, model_option, open_model, print_json, stderr, stdout
+from .common import FINITE_SECONDS, device_options, model_option, open_model, print_json, stderr, stdout
 
 
 def _size(value: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in value.lower().split("x"))
-        if w <= 0 or h <= 0:
+        if not (0 < w <= 16384 and 0 < h <= 16384):
             raise ValueError
         return w, h
     except ValueError:
@@ -55,11 +55,11 @@ Examples:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A set folder with HR/ and optionally LR_bicubic/X{s}/ (repeatable).",
 )
-@click.option("-s", "--scale", type=int, help="Which registry variant (default: the model's first).")
+@click.option("-s", "--scale", type=click.IntRange(2, 16), help="Which registry variant (default: the model's first).")
 @click.option(
     "--metric", type=click.Choice(["y", "rgb"]), default="y", show_default=True, help="PSNR/SSIM on BT.601 Y (papers) or on RGB (NTIRE)."
 )
-@click.option("--crop", type=int, help="Border pixels ignored on each side [default: the scale].")
+@click.option("--crop", type=click.IntRange(min=0), help="Border pixels ignored on each side [default: the scale].")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images of each set.")
 @click.option(
     "--degrade",
@@ -74,7 +74,8 @@ Examples:
 def quality(model_ref, data_dirs, scale, metric, crop, limit, degrade, device, precision, quiet, as_json) -> None:
     """PSNR and SSIM of a model on benchmark sets, with the papers' protocol.
 
-    -m bicubic scores MATLAB's bicubic interpolation, the baseline (-s picks its scale, default 4)."""
+    -m bicubic scores MATLAB's bicubic interpolation, the baseline (-s picks its scale, default 4; it runs on
+    the CPU in float64 whatever --device says)."""
     from ..bench import evaluate_set
     from ..degrade import parse_spec
     from ..paths import hr_folder, list_images
@@ -124,6 +125,10 @@ class NoSuchVariant(EsrError):
     pass
 
 
+class SpeedError(EsrError):
+    pass
+
+
 def open_bench_model(model_ref: str, device: str, precision: str, *, scale: int | None, progress: bool) -> BenchModel:
     """A model's native variant to score, or the MATLAB-bicubic baseline for -m bicubic."""
     if model_ref == "bicubic":
@@ -143,9 +148,9 @@ Examples:
   esr bench speed -m espan --size 1920x1080 --device cuda --precision fp16 --json
 """)
 @model_option()
-@click.option("-s", "--scale", type=int, help="Which registry variant (default: the model's first).")
-@click.option("--size", default="320x180", show_default=True, help="Input size WIDTHxHEIGHT.")
-@click.option("--seconds", default=2.0, show_default=True, help="Time spent timing (after warm-up).")
+@click.option("-s", "--scale", type=click.IntRange(2, 16), help="Which registry variant (default: the model's first).")
+@click.option("--size", default="320x180", show_default=True, help="Input size WIDTHxHEIGHT (each side up to 16384).")
+@click.option("--seconds", default=2.0, show_default=True, type=FINITE_SECONDS, help="Time spent timing (after warm-up).")
 @device_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def speed(model_ref, scale, size, seconds, device, precision, as_json) -> None:
@@ -154,7 +159,12 @@ def speed(model_ref, scale, size, seconds, device, precision, as_json) -> None:
 
     width, height = _size(size)
     loaded = open_bench_model(model_ref, device, precision, scale=scale, progress=not as_json)
-    result = measure_speed(loaded.network, loaded.scale, width, height, min_seconds=seconds)
+    try:
+        result = measure_speed(loaded.network, loaded.scale, width, height, min_seconds=seconds)
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "memory" not in str(exc).lower():
+            raise
+        raise SpeedError(f"--size {size}: not enough memory to run {loaded.name} on a {width}x{height} input; try a smaller size") from None
     param = next(loaded.network.parameters())
     data = {
         "model": loaded.name,

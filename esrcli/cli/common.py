@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -58,18 +59,51 @@ def interrupt_code(exc: KeyboardInterrupt) -> int:
 
 class EsrGroup(click.Group):
     """Turns the library's expected failures into one red line and exit code 1, and an interrupt into
-    exit code 130 (143 for SIGTERM), never a traceback."""
+    exit code 130 (143 for SIGTERM), never a traceback.
+
+    An error esr did not foresee is still one line (its type and text, and how to see the traceback
+    with ESR_DEBUG=1): it is a defect to fix, but not one a user should have to read Python for."""
 
     def invoke(self, ctx: click.Context) -> Any:
         with interruptible():
             try:
                 return super().invoke(ctx)
             except EsrError as exc:
-                fail(str(exc).replace("[", "\\["))
+                fail(_one_line(exc))
                 ctx.exit(1)
             except KeyboardInterrupt as exc:
                 fail("interrupted")
                 ctx.exit(interrupt_code(exc))
+            except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+                raise
+            except MemoryError:
+                fail("out of memory: try a smaller --tile, --batch or input")
+                ctx.exit(1)
+            except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
+                if os.environ.get("ESR_DEBUG"):
+                    raise
+                fail(f"unexpected {type(exc).__name__}: {_one_line(exc)} (a defect in esr: please report it; ESR_DEBUG=1 shows the traceback)")
+                ctx.exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.replace("[", "\\[")
+
+
+class FiniteFloat(click.FloatRange):
+    """A float range that also refuses nan and inf (click's ranges let them through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        number = super().convert(value, param, ctx)
+        if number is not None and not math.isfinite(number):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return number
+
+
+FINITE_SECONDS = FiniteFloat(min=0)
 
 
 class RateColumn(ProgressColumn):

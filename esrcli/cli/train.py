@@ -10,7 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..train.config import CONFIG, PRESETS, ConfigError, TrainConfig
-from .common import RateColumn, interrupt_code, print_json, stderr, stdout
+from .common import FiniteFloat, RateColumn, interrupt_code, print_json, stderr, stdout
 
 if TYPE_CHECKING:
     from ..train.trainer import Trainer
@@ -157,7 +157,7 @@ def run_options(f):
             click.option("--steps", type=int, help="Total optimisation steps."),
             click.option("--batch", type=int, help="Batch size per process."),
             click.option("--lr-patch", type=int, help="LR crop size."),
-            click.option("--lr", type=float, help="Learning rate."),
+            click.option("--lr", type=FiniteFloat(min=0, min_open=True), help="Learning rate."),
             click.option("--workers", type=int, help="DataLoader workers."),
             click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
             click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), help="Mixed precision."),
@@ -209,19 +209,20 @@ Examples:
 @click.option("--raw", is_flag=True, help="Export the raw weights instead of their EMA.")
 @click.option(
     "--strength",
-    type=click.FloatRange(0, None),
+    type=FiniteFloat(0, None),
     default=1.0,
     show_default=True,
     help="LoRA runs: merge W + STRENGTH * dW. Below 1, a shorter step from the student along the finetune.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written file and its size as JSON.")
-def export(run_dir: Path, out: Path, fp16: bool, raw: bool, strength: float, as_json: bool) -> None:
+def export(run_dir: Path, out: Path, fp16: bool, raw: bool, strength: float, overwrite: bool, as_json: bool) -> None:
     """Write a run's weights as plain fused safetensors that -m loads anywhere."""
     import torch
 
     from ..train.export import export_run
 
-    path = export_run(run_dir, out, dtype=torch.float16 if fp16 else torch.float32, use_ema=not raw, strength=strength)
+    path = export_run(run_dir, out, dtype=torch.float16 if fp16 else torch.float32, use_ema=not raw, strength=strength, overwrite=overwrite)
     if as_json:
         print_json({"run": str(run_dir), "out": str(path), "bytes": path.stat().st_size})
     else:

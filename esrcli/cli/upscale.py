@@ -76,7 +76,7 @@ def upscale(
     model = open_model(model_ref, device, precision, scale=scale, progress=not (quiet or as_json))
     pipeline = model.pipeline(scale, tile=tile, overlap=overlap, batch=batch)
     plan = pipeline.plan
-    settings = Settings(fmt=fmt, quality=quality, alpha_mode=alpha_mode, overwrite=not skip_existing, allow_large=allow_large)
+    settings = Settings(quality=quality, alpha_mode=alpha_mode, overwrite=not skip_existing, allow_large=allow_large)
     jobs = plan_batch(
         inputs, out=output, recursive=recursive, suffix=suffix if suffix is not None else f"_x{format_scale(plan.target)}", fmt=fmt
     )

@@ -10,7 +10,18 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..registry import DEFAULT_MODEL
-from .common import RateColumn, device_options, fail, interrupt_code, model_option, open_model, print_json, stderr, tiling_options
+from .common import (
+    FiniteFloat,
+    RateColumn,
+    device_options,
+    fail,
+    interrupt_code,
+    model_option,
+    open_model,
+    print_json,
+    stderr,
+    tiling_options,
+)
 
 EXAMPLES = """\b
 Examples:
@@ -53,7 +64,7 @@ def _rate(value: str | None) -> Fraction | None:
     help="Extra encoder argument, passed as is (repeatable): --ffmpeg-arg=-tune --ffmpeg-arg=film.",
 )
 @click.option(
-    "--segment", "segment_seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds per resumable segment."
+    "--segment", "segment_seconds", type=FiniteFloat(min=0.5, max=3600), default=10.0, show_default=True, help="Seconds per resumable segment."
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same input and settings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (or an interrupted run's parts).")

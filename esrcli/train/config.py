@@ -7,7 +7,9 @@ resumed, exported and reproduced from its folder alone.
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -239,6 +241,70 @@ class ConfigError(EsrError, ValueError):
     pass
 
 
+class TrainingError(EsrError, RuntimeError):
+    """A run that cannot start or go on: its settings, data, networks or checkpoint."""
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: _finite(v) and v >= low
+
+
+def _one_of(*names: str) -> Callable[[Any], bool]:
+    return lambda v: v in names
+
+
+def _probability(v: Any) -> bool:
+    return _finite(v) and 0 <= v <= 1
+
+
+# What each setting may be: checked once before a run starts, so a bad value is one line, not a crash.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model.arch": (_one_of("span", "efdn", "espan", "spanf"), "span, efdn, espan or spanf"),
+    "model.scale": (lambda v: isinstance(v, int) and 2 <= v <= 8, "an integer from 2 to 8"),
+    "model.form": (_one_of("train", "fused"), "train or fused"),
+    "data.train": (lambda v: all(isinstance(x, str) for x in v), "a list of folders"),
+    "data.val_limit": (_at_least(0), "0 or more"),
+    "data.lr_patch": (lambda v: isinstance(v, int) and 4 <= v <= 1024, "an integer from 4 to 1024"),
+    "data.batch": (lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
+    "data.workers": (lambda v: isinstance(v, int) and v >= 0, "0 or more"),
+    "loss.border": (lambda v: isinstance(v, int) and v >= 0, "0 or more"),
+    "optim.name": (_one_of("adam", "adamw"), "adam or adamw"),
+    "optim.lr": (lambda v: _finite(v) and 0 < v <= 10, "a number above 0 (and at most 10)"),
+    "optim.betas": (lambda v: len(v) == 2 and all(_finite(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "optim.weight_decay": (_at_least(0), "0 or more"),
+    "optim.schedule": (_one_of("cosine", "multistep"), "cosine or multistep"),
+    "optim.milestones": (lambda v: all(isinstance(m, int) and m >= 0 for m in v), "a list of step numbers"),
+    "optim.gamma": (lambda v: _finite(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "optim.warmup": (lambda v: isinstance(v, int) and v >= 0, "0 or more steps"),
+    "optim.min_lr": (_at_least(0), "0 or more"),
+    "optim.clip": (_at_least(0), "0 (off) or more"),
+    "optim.ema": (lambda v: _finite(v) and 0 <= v < 1, "0 (off) or a decay below 1"),
+    "run.steps": (lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
+    "run.seed": (lambda v: isinstance(v, int) and 0 <= v < 2**32, "an integer from 0 to 2^32 - 1"),
+    "run.amp": (_one_of("none", "bf16", "fp16"), "none, bf16 or fp16"),
+    "run.threads": (lambda v: isinstance(v, int) and v >= 0, "0 (torch's default) or more"),
+    "run.log_every": (lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
+    "run.val_every": (lambda v: isinstance(v, int) and v >= 0, "0 (off) or more"),
+    "run.ckpt_every": (lambda v: isinstance(v, int) and v >= 0, "0 (off) or more"),
+    "recipe.name": (_one_of("plain", "espan-sd"), "plain or espan-sd"),
+    "recipe.extra_blocks": (lambda v: isinstance(v, int) and v >= 0, "0 or more"),
+    "recipe.shrink_every": (lambda v: isinstance(v, int) and v >= 0, "0 or more"),
+    "lora.groups": (
+        lambda v: all(isinstance(g, dict) and set(g) == {"pattern", "rank", "alpha"} and isinstance(g["pattern"], str)
+                      and isinstance(g["rank"], int) and g["rank"] >= 1 and _finite(g["alpha"]) and g["alpha"] > 0 for g in v),
+        "a list of {pattern, rank >= 1, alpha > 0}",
+    ),  # fmt: skip
+    "lora.taps": (lambda v: all(isinstance(t, str) for t in v), "a list of module patterns"),
+    "lora.affinity_chunk": (lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
+}
+NON_NEGATIVE = ("loss.l1", "loss.l2", "loss.charbonnier", "loss.gv", "loss.gv_x", "loss.gv_y", "loss.gv_l", "loss.freq", "loss.freq_alpha",
+                "loss.freq_beta", "recipe.sd_weight", "recipe.sd_margin", "lora.teacher_weight", "lora.affinity_weight")  # fmt: skip
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -255,8 +321,10 @@ class TrainConfig:
         """`raw`'s values over `base` (default: the defaults above)."""
         config = copy.deepcopy(base) if base is not None else cls()
         for section, values in raw.items():
-            if section not in SECTIONS or not isinstance(values, dict):
+            if section not in SECTIONS:
                 raise ConfigError(f"{where}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{where}: [{section}] must be a table of settings, not {values!r}")
             for key, value in values.items():
                 config.set(f"{section}.{key}", value, where)
         return config
@@ -265,8 +333,8 @@ class TrainConfig:
     def from_toml(cls, path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
         try:
             return cls.from_dict(tomllib.loads(Path(path).read_text(encoding="utf-8")), str(path), base)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read the config ({exc})") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the config ({' '.join(str(exc).split())})") from None
 
     def set(self, dotted: str, value: Any, where: str = "override") -> None:
         """Set `section.key`, converting strings from the command line to the field's type."""
@@ -281,10 +349,10 @@ class TrainConfig:
             return
         if isinstance(value, str) and not isinstance(current, str):
             value = _parse(value, dotted, where)
-        if isinstance(current, bool) != isinstance(value, bool) or (
-            isinstance(current, (int, float)) and not isinstance(value, (int, float))
-        ):
-            raise ConfigError(f"{where}: '{dotted}' expects {type(current).__name__}, got {value!r}")
+        kind = {bool: bool, int: (int, float), float: (int, float), str: str, list: list, dict: dict}.get(type(current), object)
+        if isinstance(current, bool) != isinstance(value, bool) or not isinstance(value, kind):
+            expected = {list: "a list", dict: "a table", str: "a string"}.get(type(current), type(current).__name__)
+            raise ConfigError(f"{where}: '{dotted}' expects {expected}, got {value!r}")
         if isinstance(current, float) and isinstance(value, int):
             value = float(value)
         if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
@@ -292,6 +360,25 @@ class TrainConfig:
                 raise ConfigError(f"{where}: '{dotted}' expects an integer, got {value}")
             value = int(value)
         setattr(target, key, value)
+
+    def validate(self, where: str = "config") -> TrainConfig:
+        """Every setting within its range (RULES), or a ConfigError naming the first that is not."""
+        rules = {**RULES, **{key: (_at_least(0), "0 or more") for key in NON_NEGATIVE}}
+        for dotted, (ok, expected) in rules.items():
+            section, _, key = dotted.partition(".")
+            value = getattr(getattr(self, section), key)
+            try:
+                good = bool(ok(value))
+            except (TypeError, KeyError):
+                good = False
+            if not good:
+                raise ConfigError(f"{where}: '{dotted}' must be {expected}, not {value!r}")
+        channels = self.model.args.get("channels")
+        if channels is not None and not (isinstance(channels, int) and channels >= 1):
+            raise ConfigError(f"{where}: 'model.args.channels' must be a positive integer, not {channels!r}")
+        if self.degradation.enabled:
+            self.degradation.resolved()
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return {name: asdict(getattr(self, name)) for name in SECTIONS}

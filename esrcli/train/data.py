@@ -25,6 +25,10 @@ from ..paths import find_lr, list_images
 MARGIN = 2  # LR pixels of context resized with each crop, then cut away: MATLAB's border handling stays out of the patch
 
 
+class TrainingDataError(EsrError, ValueError):
+    """Training data that cannot be used: a missing folder, no images, none as large as a patch."""
+
+
 @dataclass
 class Source:
     """One training image: HR pixels and, for paired folders, its LR counterpart."""
@@ -38,7 +42,7 @@ def load_sources(folders: list[str], scale: int) -> list[Source]:
     sources: list[Source] = []
     for folder in map(Path, folders):
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: training data folder not found")
+            raise TrainingDataError(f"{folder}: training data folder not found")
         if (folder / "HR").is_dir():
             for path in list_images(folder / "HR"):
                 lr_path = find_lr(folder, path, scale)
@@ -46,12 +50,8 @@ def load_sources(folders: list[str], scale: int) -> list[Source]:
         else:
             sources.extend(Source(read_rgb8(p)) for p in list_images(folder))
     if not sources:
-        raise FileNotFoundError(f"no training images in {', '.join(folders)}")
+        raise TrainingDataError(f"no training images in {', '.join(folders)}")
     return sources
-
-
-class TrainingDataError(EsrError, ValueError):
-    """Training images that cannot give a single patch."""
 
 
 def largest_lr_patch(sources: list[Source], scale: int) -> int:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..loading import load_reference
-from ..lora import affinity_loss, taps
-from .config import LoraConfig, TrainConfig
+from ..lora import affinity_loss, tapped, taps
+from .config import LoraConfig, TrainConfig, TrainingError
 from .losses import LossFn, trim
 
 
@@ -26,12 +26,17 @@ class Distillation:
 
     def __init__(self, cfg: LoraConfig, student: nn.Module, device: torch.device, border: int = 0) -> None:
         if not cfg.teacher:
-            raise ValueError("a LoRA run needs a teacher (lora.teacher)")
+            raise TrainingError("a LoRA run needs a teacher (--teacher or lora.teacher)")
         self.cfg, self.border = cfg, border
         self.teacher = load_reference(cfg.teacher, device=device, progress=False).network.eval()
         if self.teacher.scale != student.scale:
-            raise ValueError(f"the teacher is x{self.teacher.scale} but the student is x{student.scale}")
-        self._student_taps = taps(student, cfg.taps)
+            raise TrainingError(f"the teacher {cfg.teacher} is x{self.teacher.scale} but the student is x{student.scale}: pick models of one scale")
+        if cfg.affinity_weight:
+            for network, role in ((student, "student"), (self.teacher, "teacher")):
+                if not tapped(network, cfg.taps):
+                    raise TrainingError(f"no module of the {role} ({network.arch}) matches lora.taps {list(cfg.taps)}; "
+                                        "set lora.taps to its layers or lora.affinity_weight = 0")  # fmt: skip
+        self._student_taps = taps(student, cfg.taps if cfg.affinity_weight else [])
         self.student_features = self._student_taps.__enter__()  # stays registered for the run
 
     def __call__(self, lr: Tensor, sr: Tensor, hr: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -43,7 +48,7 @@ class Distillation:
         if self.cfg.affinity_weight:
             names = sorted(self.student_features)
             if sorted(teacher_features) != names:
-                raise ValueError(f"teacher and student taps differ: {sorted(teacher_features)} vs {names}")
+                raise TrainingError(f"teacher and student taps differ: {sorted(teacher_features)} vs {names}")
             aff = sum(
                 affinity_loss(self._trim(self.student_features[n], lr), self._trim(teacher_features[n], lr), self.cfg.affinity_chunk)
                 for n in names

@@ -28,16 +28,14 @@ from ..bench import evaluate_set
 from ..degrade import Degrader
 from ..device import resolve_device
 from ..errors import EsrError
-from ..runs import describe, student_depth
-from .config import CHECKPOINT, CONFIG, METRICS, TrainConfig
+from ..runs import describe, read_checkpoint, student_depth
+from .config import CHECKPOINT, CONFIG, METRICS, TrainConfig, TrainingError
 from .data import MARGIN, PatchDataset, load_sources, make_loader
 from .losses import build_loss, has_terms, trim
 
 Event = dict[str, Any]
 
 
-class TrainingError(EsrError, RuntimeError):
-    pass
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
@@ -129,7 +127,7 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, network: nn.Module | None = None, loss_hook: Callable | None = None
     ) -> None:
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.cfg, self.run_dir = cfg.validate(), Path(run_dir)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         self.device = resolve_device(cfg.run.device)
@@ -144,7 +142,12 @@ class Trainer:
         self.main = self.rank == 0
         self.amp = self._amp_dtype()
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-        self.network = network if network is not None else build_network(cfg)
+        try:
+            self.network = network if network is not None else build_network(cfg)
+        except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a width the architecture cannot have
+            if isinstance(exc, EsrError):
+                raise
+            raise TrainingError(f"cannot build the network {cfg.model.arch} with {cfg.model.args}: {' '.join(str(exc).split())}") from None
         self.left_at_init: list[str] = []  # with model.init: the tensors the source did not fit
         if cfg.model.init and network is None and not resume and not cfg.lora.student:
             self.left_at_init = warm_start(self.network, cfg.model.init)
@@ -241,16 +244,19 @@ class Trainer:
         path = self.run_dir / CHECKPOINT
         if not path.is_file():
             raise TrainingError(f"{self.run_dir}: no {CHECKPOINT} to resume from")
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.network.load_state_dict(state["model"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        self.step = state["step"]
+        state = read_checkpoint(self.run_dir)
+        try:
+            self.network.load_state_dict(state["model"])
+            if self.ema is not None and state["ema"] is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler and state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"].cpu())
+            self.step = int(state["step"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise TrainingError(f"{path}: not a checkpoint of this run ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
         if self.main:
             self._truncate_metrics(self.step)
 
