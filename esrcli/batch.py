@@ -6,6 +6,8 @@ Independent of the CLI: `esr upscale` only parses options, shows progress and pr
 from __future__ import annotations
 
 import glob
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -218,6 +220,41 @@ class Settings:
     allow_large: bool = False
 
 
+def load(task: Task, settings: Settings) -> Picture | Outcome:
+    """The picture to upscale, or the Outcome that ends the task early (skipped, unreadable)."""
+    if task.output.exists() and not settings.overwrite:
+        return Outcome(task.source, task.output, "skipped", f"{task.output} exists (use --overwrite)")
+    try:
+        picture = read_image(task.source, allow_large=settings.allow_large)
+        check_storable(picture, task.format, str(task.source))
+    except ImageError as exc:
+        return Outcome(task.source, task.output, "failed", str(exc))
+    return picture
+
+
+def compute(task: Task, picture: Picture, pipeline: Pipeline, settings: Settings, on_tile: Callable[[int], None] | None = None) -> Picture | Outcome:
+    try:
+        return upscale_picture(picture, pipeline, alpha_mode=settings.alpha_mode, on_tile=on_tile)
+    except (ImageError, MemoryError) as exc:
+        return Outcome(task.source, task.output, "failed", f"{task.source}: {exc}")
+
+
+def save(task: Task, result: Picture, settings: Settings) -> Outcome:
+    """Write atomically; a failure is an Outcome, never an exception."""
+    try:
+        try:
+            task.output.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            blocker = next((p for p in reversed(task.output.parents) if p.exists() and not p.is_dir()), task.output.parent)
+            return Outcome(task.source, task.output, "failed", f"{task.output}: cannot write ({blocker} is a file, not a folder)")
+        path = write_image(result, task.output, format=task.format, quality=settings.quality)
+    except ImageError as exc:
+        return Outcome(task.source, task.output, "failed", str(exc))
+    except OSError as exc:
+        return Outcome(task.source, task.output, "failed", f"{task.output}: cannot write ({exc.strerror or exc})")
+    return Outcome(task.source, path, "done")
+
+
 def process(
     task: Task,
     pipeline: Pipeline,
@@ -226,30 +263,110 @@ def process(
     on_start: Callable[[int], None] | None = None,
     on_tile: Callable[[int], None] | None = None,
 ) -> Outcome:
-    """Read, upscale and atomically write one file; a failure is an Outcome, never an exception."""
+    """Read, upscale and write one file, one step after the other."""
     start = time.perf_counter()
-
-    def failed(message: str) -> Outcome:
-        return Outcome(task.source, task.output, "failed", message, time.perf_counter() - start)
-
-    if task.output.exists() and not settings.overwrite:
-        return Outcome(task.source, task.output, "skipped", f"{task.output} exists (use --overwrite)")
-    try:
-        picture = read_image(task.source, allow_large=settings.allow_large)
-        check_storable(picture, task.format, str(task.source))
+    picture = load(task, settings)
+    if isinstance(picture, Picture):
         if on_start:
             on_start(tiles_for(pipeline, picture, settings.alpha_mode == "model"))
-        result = upscale_picture(picture, pipeline, alpha_mode=settings.alpha_mode, on_tile=on_tile)
+        result = compute(task, picture, pipeline, settings, on_tile)
+        outcome = save(task, result, settings) if isinstance(result, Picture) else result
+    else:
+        outcome = picture
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+# Results at least this large are written before the next picture is upscaled, so that no more than
+# two full-size outputs exist at once (a 4000x3000 photo at x4 is 576 MB in 8 bits).
+_LARGE_RESULT = 256 << 20
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def run_batch(
+    tasks: list[Task],
+    pipeline: Pipeline,
+    settings: Settings,
+    *,
+    on_start: Callable[[Task, int], None] | None = None,
+    on_tile: Callable[[int], None] | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    read_ahead: int = 2,
+) -> list[Outcome]:
+    """Every task, with reading, upscaling and writing overlapped: a thread decodes the next files,
+    the model runs in the calling thread, a thread encodes and writes the previous result (codecs
+    and zlib release the GIL). Outcomes come in task order; on an interrupt the file being written
+    is finished (atomically), those queued behind it are dropped, and the interrupt propagates."""
+    loaded: queue.Queue = queue.Queue(maxsize=read_ahead)
+    finished: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    outcomes: list[Outcome] = []
+    writer_error: list[BaseException] = []
+
+    def reader() -> None:
         try:
-            task.output.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            blocker = next((p for p in reversed(task.output.parents) if p.exists() and not p.is_dir()), task.output.parent)
-            return failed(f"{task.output}: cannot write ({blocker} is a file, not a folder)")
-        path = write_image(result, task.output, format=task.format, quality=settings.quality)
-    except ImageError as exc:
-        return failed(str(exc))
-    except OSError as exc:
-        return failed(f"{task.output}: cannot write ({exc.strerror or exc})")
-    except MemoryError as exc:
-        return failed(f"{task.source}: {exc}")
-    return Outcome(task.source, path, "done", None, time.perf_counter() - start)
+            for task in tasks:
+                if stop.is_set():
+                    break
+                loaded.put((task, time.perf_counter(), load(task, settings)))
+        except BaseException as exc:  # surfaced in the calling thread
+            loaded.put(_Failed(exc))
+        loaded.put(None)
+
+    def writer() -> None:
+        try:
+            while (item := finished.get()) is not None:
+                task, start, result = item
+                outcome = save(task, result, settings) if isinstance(result, Picture) else result
+                outcome.seconds = time.perf_counter() - start
+                outcomes.append(outcome)
+                if on_outcome:
+                    on_outcome(outcome)
+                finished.task_done()
+        except BaseException as exc:
+            writer_error.append(exc)
+        finally:
+            stop.set()
+
+    threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
+    for thread in threads:
+        thread.start()
+    try:
+        while (item := loaded.get()) is not None:
+            if isinstance(item, _Failed):
+                raise item.exc
+            if writer_error:
+                raise writer_error[0]
+            task, start, picture = item
+            if isinstance(picture, Picture):
+                if on_start:
+                    on_start(task, tiles_for(pipeline, picture, settings.alpha_mode == "model"))
+                picture = compute(task, picture, pipeline, settings, on_tile)
+            finished.put((task, start, picture))
+            if isinstance(picture, Picture) and picture.pixels.nbytes >= _LARGE_RESULT:
+                while finished.unfinished_tasks and threads[1].is_alive():  # written before the next one grows
+                    time.sleep(0.01)
+        finished.put(None)
+        threads[1].join()
+        if writer_error:
+            raise writer_error[0]
+    finally:
+        stop.set()
+        while threads[0].is_alive():  # let the reader see the stop and end
+            try:
+                loaded.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        if threads[1].is_alive():
+            try:
+                while True:  # drop what waits to be written, then let the writer finish its file
+                    finished.get_nowait()
+            except queue.Empty:
+                pass
+            finished.put(None)
+            threads[1].join()
+    return outcomes

@@ -63,6 +63,10 @@ class VideoInfo:
     colorspace: tuple[str | None, str | None, str | None]  # matrix, primaries, transfer; None = unknown
     streams: list[Stream] = field(default_factory=list)
     declared: Fraction | None = None  # the video's duration as the container states it, when it does
+    origin: Fraction = Fraction(0)  # the file's start time, which -ss positions are relative to
+    frame_times: list[Fraction] = field(default_factory=list, repr=False)  # each frame's time, in display order
+    seekable: bool = True  # every packet has a presentation time, so -ss can find a frame (not AVI)
+    keyframes: list[int] = field(default_factory=list, repr=False)  # display indices of the frames decoding can start at
 
     @property
     def missing(self) -> Fraction:
@@ -142,6 +146,8 @@ def probe(path: str | Path) -> VideoInfo:
         width, height = height, width
     info = VideoInfo(width, height, 0, Fraction(0), False, Fraction(0), Fraction(0), pix_fmt, colorspace, streams)
     info.declared = _declared_duration(header, video[0].index, len(streams))
+    start = re.search(r"Duration: [^,]*, start: (-?[\d.]+)", header)
+    info.origin = Fraction(start.group(1)) if start else Fraction(0)
     return _timing(path, info)
 
 
@@ -178,17 +184,24 @@ def _timing(path: Path, info: VideoInfo) -> VideoInfo:
     if not tb_match:
         raise VideoError(f"{path}: cannot read the video timestamps")
     tb = Fraction(int(tb_match.group(1)), int(tb_match.group(2)))
-    # framecrc rows: stream, dts, pts, duration, size, checksum; AVI stores no pts (NOPTS): use the dts
-    packets = [tuple(int(v) for v in line.split(",")[1:4]) for line in out.splitlines() if line and not line.startswith("#")]
+    # framecrc rows: stream, dts, pts, duration, size, checksum[, F=flags when not just "key"]; AVI stores
+    # no pts (NOPTS): use the dts
+    rows = [line.split(",") for line in out.splitlines() if line and not line.startswith("#")]
+    packets = [tuple(int(v) for v in row[1:4]) for row in rows]
     if not packets:
         raise VideoError(f"{path}: the video stream has no frames")
     pts = sorted(p if p != NOPTS else d for d, p, _ in packets)
+    info.seekable = all(p != NOPTS for _, p, _ in packets)
+    index_of = {t: i for i, t in enumerate(pts)}
+    key = [len(row) < 7 or int(row[6].strip().removeprefix("F="), 16) & 1 for row in rows]
+    info.keyframes = sorted(index_of[p if p != NOPTS else d] for (d, p, _), k in zip(packets, key) if k)
     if pts[0] == NOPTS:
         raise VideoError(f"{path}: the video stream carries no timestamps")
     durations = {d for *_, d in packets if d > 0}
     steps = {b - a for a, b in zip(pts, pts[1:]) if b > a}
     end = pts[-1] + max(durations or steps or {1})
     info.frames = len(packets)
+    info.frame_times = [p * tb for p in pts]
     info.start = pts[0] * tb
     info.duration = (end - pts[0]) * tb
     if len(steps | durations) == 1:
@@ -276,13 +289,26 @@ def fingerprint(path: Path) -> str:
 
 @dataclass
 class Manifest:
+    """The finished segments of a run, by index: segment i holds frames [i * segment_frames, ...).
+
+    Segments may finish in any order (Ray workers) and a run may resume another's, local or not."""
+
     key: str
     segment_frames: int
-    segments: list[dict] = field(default_factory=list)  # {"file": ..., "frames": n}
+    segments: list[dict] = field(default_factory=list)  # {"index": i, "file": ..., "frames": n}
 
     @property
     def frames_done(self) -> int:
         return sum(s["frames"] for s in self.segments)
+
+    @property
+    def done(self) -> set[int]:
+        return {s["index"] for s in self.segments}
+
+    def record(self, folder: Path, index: int, file: str, frames: int) -> None:
+        self.segments = [s for s in self.segments if s["index"] != index] + [{"index": index, "file": file, "frames": frames}]
+        self.segments.sort(key=lambda s: s["index"])
+        self.save(folder)
 
     def save(self, folder: Path) -> None:
         with atomic_write(folder / "manifest.json") as tmp:
@@ -296,17 +322,20 @@ class Manifest:
             return None
         try:
             manifest = cls(**json.loads(path.read_text()))
+            for position, s in enumerate(manifest.segments):
+                s.setdefault("index", position)  # manifests written before segments had indices
             valid = (
                 isinstance(manifest.key, str)
                 and isinstance(manifest.segment_frames, int)
                 and manifest.segment_frames > 0
                 and isinstance(manifest.segments, list)
                 and all(
-                    isinstance(s, dict) and isinstance(s.get("frames"), int) and s["frames"] > 0 and (folder / str(s.get("file"))).is_file()
+                    isinstance(s, dict) and isinstance(s.get("frames"), int) and s["frames"] > 0 and isinstance(s["index"], int)
+                    and (folder / str(s.get("file"))).is_file()
                     for s in manifest.segments
                 )
-            )
-        except (OSError, ValueError, TypeError):
+            )  # fmt: skip
+        except (OSError, ValueError, TypeError, AttributeError):
             valid = False
         if not valid:
             raise VideoError(f"{folder}: the interrupted run's parts are damaged; pass --overwrite to start over")
@@ -369,21 +398,20 @@ def _reader(
 class _SegmentWriter:
     """Encodes frames into numbered segments; a segment counts only once its encoder closed cleanly."""
 
-    def __init__(
-        self, job: VideoJob, info: VideoInfo, manifest: Manifest, folder: Path, size: tuple[int, int], pix_fmt: str, rate: Fraction
-    ) -> None:
-        self.job, self.info, self.manifest, self.folder = job, info, manifest, folder
-        self.size, self.pix_fmt, self.rate = size, pix_fmt, rate
+    def __init__(self, work: SegmentWork, first_index: int, on_segment: Callable[[int, str, int], None]) -> None:
+        self.work, self.next_index, self.on_segment = work, first_index, on_segment
         self.proc: subprocess.Popen | None = None
         self.frames_in_segment = 0
 
     def _open(self) -> None:
-        index = len(self.manifest.segments)
-        self.tmp = self.folder / f"segment_{index:05d}.tmp.nut"
-        self.final = self.folder / f"segment_{index:05d}.nut"
-        w, h = self.size
-        cmd = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "-s", f"{w}x{h}",
-               "-r", str(self.rate), "-i", "-", *self.job.encode.encoder_args(self.info), "-f", "nut", str(self.tmp)]  # fmt: skip
+        index = self.index = self.next_index
+        self.next_index += 1
+        work = self.work
+        self.tmp = work.folder / f"segment_{index:05d}.{os.getpid()}.tmp.nut"
+        self.final = work.folder / f"segment_{index:05d}.nut"
+        w, h = work.size
+        cmd = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", work.raw_fmt, "-s", f"{w}x{h}",
+               "-r", str(work.rate), "-i", "-", *work.encode.encoder_args(work.info), "-f", "nut", str(self.tmp)]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         self.frames_in_segment = 0
 
@@ -395,7 +423,7 @@ class _SegmentWriter:
         except BrokenPipeError:
             self._fail()
         self.frames_in_segment += 1
-        if self.frames_in_segment == self.manifest.segment_frames:
+        if self.frames_in_segment == self.work.segment_frames:
             self.close()
 
     def _fail(self) -> None:
@@ -403,7 +431,7 @@ class _SegmentWriter:
         if self.proc:
             self.proc.kill()
             self.proc.wait()
-        raise VideoError(f"{self.job.dst}: the encoder failed ({_ffmpeg_reason(err)})")
+        raise VideoError(f"{self.work.dst}: the encoder failed ({_ffmpeg_reason(err)})")
 
     def close(self) -> None:
         """Finish the current segment and record it."""
@@ -417,9 +445,8 @@ class _SegmentWriter:
             self._fail()
         self.proc.stderr.close()
         os.replace(self.tmp, self.final)
-        self.manifest.segments.append({"file": self.final.name, "frames": self.frames_in_segment})
-        self.manifest.save(self.folder)
         self.proc = None
+        self.on_segment(self.index, self.final.name, self.frames_in_segment)
 
     def abort(self) -> None:
         """Drop the unfinished segment (the finished ones stay for --resume)."""
@@ -443,10 +470,41 @@ def _writer(writer: _SegmentWriter, frames: queue.Queue, errors: queue.Queue) ->
             pass
 
 
-def upscale_video(
-    job: VideoJob, on_progress: Callable[[int, int], None] | None = None, on_info: Callable[[VideoInfo], None] | None = None
-) -> VideoResult:
-    """Upscale `job.src` into `job.dst`: segments, then the final mux; see the module docstring."""
+@dataclass
+class SegmentWork:
+    """Everything encoding segments of one video takes, in or out of this process (Ray workers)."""
+
+    src: Path
+    dst: Path
+    folder: Path
+    info: VideoInfo
+    encode: EncodeSettings
+    size: tuple[int, int]
+    raw_fmt: str
+    rate: Fraction
+    segment_frames: int
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype("<u2") if self.raw_fmt == "rgb48le" else np.dtype(np.uint8)
+
+    @property
+    def segments(self) -> int:
+        return -(-self.info.frames // self.segment_frames)
+
+    def seek(self, frame: int) -> tuple[Fraction | None, int]:
+        """Where to start decoding to reach `frame`, and how many frames to drop first: just before the
+        keyframe at or before it, so decoding starts clean (from the start where timestamps cannot be
+        trusted to seek with, as in AVI)."""
+        keys = [k for k in self.info.keyframes if k <= frame]
+        if not self.info.seekable or not keys or keys[-1] == 0:
+            return None, frame
+        key, times = keys[-1], self.info.frame_times
+        return (times[key - 1] + times[key]) / 2 - self.info.origin, frame - key  # halfway from the frame before
+
+
+def prepare_video(job: VideoJob, on_info: Callable[[VideoInfo], None] | None = None) -> tuple[SegmentWork, Manifest]:
+    """Checks, probe, a test encode and the manifest (new, or the interrupted run's): no frame is upscaled here."""
     src, dst = job.src, job.dst
     if src.resolve() == dst.resolve():
         raise VideoError(f"{dst}: the output would overwrite the input; choose another name")
@@ -473,8 +531,6 @@ def upscale_video(
             f"{dst}: the output would be {out_size[0]}x{out_size[1]}, and {job.encode.pix_fmt} needs even sizes; use another scale or --pix-fmt yuv444p"
         )
     deep = info.deep or bool(re.search(r"(10|12|16)(le|be)$", job.encode.pix_fmt))
-    raw_fmt, dtype = ("rgb48le", np.dtype("<u2")) if deep else ("rgb24", np.dtype(np.uint8))
-
     folder = parts_dir(dst)
     settings = {
         "model": job.model_key,
@@ -501,40 +557,84 @@ def upscale_video(
         manifest.save(folder)
     for leftover in folder.glob("*.tmp.nut"):
         leftover.unlink()
-    done = manifest.frames_done
-    if on_progress:
-        on_progress(done, info.frames)
+    work = SegmentWork(src, dst, folder, info, job.encode, out_size, "rgb48le" if deep else "rgb24", rate, manifest.segment_frames)
+    return work, manifest
 
+
+def missing_runs(work: SegmentWork, manifest: Manifest) -> list[tuple[int, int]]:
+    """The segments still to encode, as [first, stop) runs of consecutive indices."""
+    runs: list[tuple[int, int]] = []
+    for index in (i for i in range(work.segments) if i not in manifest.done):
+        if runs and runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], index + 1)
+        else:
+            runs.append((index, index + 1))
+    return runs
+
+
+def finish_video(job: VideoJob, work: SegmentWork, manifest: Manifest, resumed_from: int) -> VideoResult:
+    _mux(job, work.info, manifest, work.folder, work.rate)
+    shutil.rmtree(work.folder, ignore_errors=True)
+    return VideoResult(work.info.frames, resumed_from, work.rate, work.size, work.info.missing)
+
+
+def upscale_video(
+    job: VideoJob, on_progress: Callable[[int, int], None] | None = None, on_info: Callable[[VideoInfo], None] | None = None
+) -> VideoResult:
+    """Upscale `job.src` into `job.dst`: segments, then the final mux; see the module docstring."""
+    work, manifest = prepare_video(job, on_info)
+    resumed = manifest.frames_done
+    if on_progress:
+        on_progress(resumed, work.info.frames)
     try:
-        if done < info.frames:
-            _encode_frames(job, info, manifest, folder, out_size, raw_fmt, dtype, rate, done, on_progress)
-        _mux(job, info, manifest, folder, rate)
+        for first, stop in missing_runs(work, manifest):
+            before = manifest.frames_done
+            encode_span(
+                work, job.pipeline, first, stop,
+                on_segment=lambda index, file, frames: manifest.record(work.folder, index, file, frames),
+                on_frames=(lambda n, base=before: on_progress(base + n, work.info.frames)) if on_progress else None,
+            )  # fmt: skip
+        return finish_video(job, work, manifest, resumed)
     except BaseException:
         if not manifest.segments:  # nothing worth resuming: leave no trace
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(work.folder, ignore_errors=True)
         raise
-    shutil.rmtree(folder, ignore_errors=True)
-    return VideoResult(info.frames, done, rate, out_size, info.missing)
 
 
-def _encode_frames(job, info, manifest, folder, out_size, raw_fmt, dtype, rate, done, on_progress) -> None:
+def encode_span(
+    work: SegmentWork,
+    pipeline: Pipeline,
+    first: int,
+    stop: int,
+    *,
+    on_segment: Callable[[int, str, int], None],
+    on_frames: Callable[[int], None] | None = None,
+) -> None:
+    """Decode, upscale and encode segments [first, stop) of `work`, in three overlapping threads.
+
+    Decoding starts at the span's first frame (seeking there); each segment is announced through
+    `on_segment` once its encoder closed cleanly, and nothing of an unfinished one is kept."""
+    info, dtype = work.info, work.dtype
     w, h = info.width, info.height
-    channels = 3
-    frame_bytes = w * h * channels * dtype.itemsize
-    decode = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-i", str(job.src), "-map", "0:v:0", "-fps_mode", "passthrough",
-              "-f", "rawvideo", "-pix_fmt", raw_fmt, "-"]  # fmt: skip
+    frame_bytes = w * h * 3 * dtype.itemsize
+    first_frame = first * work.segment_frames
+    count = min(info.frames, stop * work.segment_frames) - first_frame
+    seek, skip = work.seek(first_frame)
+    decode = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", *(["-ss", f"{float(seek):.6f}"] if seek is not None else []),
+              "-i", str(work.src), "-map", "0:v:0", "-fps_mode", "passthrough", "-frames:v", str(count + skip),
+              "-f", "rawvideo", "-pix_fmt", work.raw_fmt, "-"]  # fmt: skip
     decoder = subprocess.Popen(decode, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes * 2)
-    stop = threading.Event()
+    stop_event = threading.Event()
     decoded: queue.Queue = queue.Queue(maxsize=8)
     encoded: queue.Queue = queue.Queue(maxsize=8)
     errors: queue.Queue = queue.Queue()
-    writer = _SegmentWriter(job, info, manifest, folder, out_size, raw_fmt, rate)
-    reader = threading.Thread(target=_reader, args=(decoder, frame_bytes, (h, w, channels), dtype, done, decoded, stop), daemon=True)
+    writer = _SegmentWriter(work, first, on_segment)
+    reader = threading.Thread(target=_reader, args=(decoder, frame_bytes, (h, w, 3), dtype, skip, decoded, stop_event), daemon=True)
     encoder = threading.Thread(target=_writer, args=(writer, encoded, errors), daemon=True)
     reader.start()
     encoder.start()
-    count = done
-    per_call = job.pipeline.frames_per_call
+    done = 0
+    per_call = pipeline.frames_per_call
     try:
         finished = False
         while not finished:
@@ -555,29 +655,29 @@ def _encode_frames(job, info, manifest, folder, out_size, raw_fmt, dtype, rate, 
             if not batch:
                 continue
             try:
-                ups = job.pipeline.run_frames(batch)
+                ups = pipeline.run_frames(batch)
             except (MemoryError, RuntimeError) as exc:  # after the Upscaler's own retries: stop, never skip
                 raise VideoError(
-                    f"{job.src}: frame {count + 1} could not be upscaled ({exc}); finished segments are kept for --resume"
+                    f"{work.src}: frame {first_frame + done + 1} could not be upscaled ({exc}); finished segments are kept for --resume"
                 ) from exc
             for up in ups:
                 encoded.put(up)
-            count += len(batch)
-            if on_progress:
-                on_progress(count, info.frames)
+            done += len(batch)
+            if on_frames:
+                on_frames(done)
         encoded.put(None)
         encoder.join()
         if not errors.empty():
             raise errors.get()
-        if decoder.wait() != 0 or count != info.frames:
+        if decoder.wait() != 0 or done != count:
             reason = (
                 _ffmpeg_reason(decoder.stderr.read().decode(errors="replace"))
                 if decoder.returncode
-                else f"decoded {count} of {info.frames} frames"
+                else f"decoded {done} of the {count} frames from frame {first_frame + 1}"
             )
-            raise VideoError(f"{job.src}: decoding failed ({reason})")
+            raise VideoError(f"{work.src}: decoding failed ({reason})")
     except BaseException:
-        stop.set()
+        stop_event.set()
         decoder.kill()
         # Unblock and stop the encoder thread, then drop its unfinished segment.
         while encoder.is_alive():
@@ -598,7 +698,7 @@ def _encode_frames(job, info, manifest, folder, out_size, raw_fmt, dtype, rate, 
 def _mux(job: VideoJob, info: VideoInfo, manifest: Manifest, folder: Path, rate: Fraction) -> None:
     """Concatenate the segments with exact durations and copy every other stream of the input."""
     lines = []
-    for segment in manifest.segments:
+    for segment in sorted(manifest.segments, key=lambda s: s["index"]):
         lines.append(f"file '{segment['file']}'")
         lines.append(f"duration {float(Fraction(segment['frames']) / rate):.9f}")
     (folder / "concat.txt").write_text("\n".join(lines) + "\n")

@@ -272,3 +272,34 @@ def test_a_frame_that_keeps_failing_stops_the_run_clearly(clips, tmp_path):
         upscale_video(job)
     assert upscaler.retries["oom"] >= 1
     assert not (tmp_path / "out.mp4").exists() and not parts_dir(tmp_path / "out.mp4").exists()
+
+
+def test_segments_done_out_of_order_are_filled_in_and_match_a_straight_run(clips, tmp_path, model):
+    """What a mix of Ray and local runs leaves: segments 0 and 2 done, 1 and the rest missing. A local
+    --resume fills them in, decoding from a keyframe before each gap, and the frames are those of a
+    straight run (lossless FFV1, compared by framemd5)."""
+    from esrcli.api import Model
+    from esrcli.video import EncodeSettings, VideoJob, encode_span, prepare_video, upscale_video
+
+    src = tmp_path / "gop.mp4"  # a keyframe every 7 frames and B-frames: the gaps are reached by seeking
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x36:r=24000/1001", "-f", "lavfi", "-i", "sine=f=440:r=48000", "-t", "2", "-c:v", "libx264",
+           "-g", "7", "-bf", "2", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(src))  # fmt: skip
+    assert len(probe(src).keyframes) > 3
+    pipeline = Model(model, device="cpu").pipeline(tile=0)
+    settings = EncodeSettings(codec="ffv1", crf=None, pix_fmt="yuv444p")
+    straight = tmp_path / "straight.mkv"
+    upscale_video(VideoJob(src, straight, pipeline, settings, model_key="m", segment_seconds=0.5))
+    mixed = tmp_path / "mixed.mkv"
+    job = VideoJob(src, mixed, pipeline, settings, model_key="m", segment_seconds=0.5, resume=True)
+    work, manifest = prepare_video(job)
+    for index in (0, 2):
+        encode_span(work, pipeline, index, index + 1, on_segment=lambda i, f, n: manifest.record(work.folder, i, f, n))
+    assert manifest.done == {0, 2}
+    result = upscale_video(job)
+    assert result.resumed_from == 2 * manifest.segment_frames and result.frames == probe(straight).frames
+
+    def framemd5(path: Path) -> list[str]:
+        out = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-map", "0:v", "-f", "framemd5", "-"], capture_output=True, text=True)
+        return [line.rsplit(",", 1)[-1] for line in out.stdout.splitlines() if line and not line.startswith("#")]
+
+    assert framemd5(mixed) == framemd5(straight) and len(framemd5(mixed)) == probe(src).frames

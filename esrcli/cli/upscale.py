@@ -69,7 +69,7 @@ def upscale(
 ) -> None:
     """Upscale images: files, folders and globs, tiled seamlessly, with nothing lost from the file."""
     from ..atomic import remove_stale_partials
-    from ..batch import Settings, plan_batch, process
+    from ..batch import Settings, plan_batch, run_batch
     from ..scaling import format_scale
 
     started = time.perf_counter()
@@ -100,22 +100,25 @@ def upscale(
     with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
         files = progress.add_task("files", total=len(jobs.tasks))
         tiles_task = progress.add_task("tiles", total=None, visible=False)
+
+        def start(task, total: int) -> None:
+            progress.update(files, description=f"{task.source.name}")
+            progress.reset(tiles_task, total=total, visible=total > 1, description="  tiles")
+
+        def finished(outcome) -> None:  # called from the writer thread, in task order
+            if outcome.status == "failed" and not as_json:
+                progress.console.print(f"[bold red]failed:[/] {outcome.error}", highlight=False)
+            elif outcome.status == "skipped" and verbose and not as_json:
+                progress.console.print(f"skipped: {outcome.error}", highlight=False)
+            progress.advance(files)
+
+        collected: list = []
         try:
-            for task in jobs.tasks:
-                progress.update(files, description=f"{task.source.name}")
-
-                def start(total: int) -> None:
-                    progress.reset(tiles_task, total=total, visible=total > 1, description="  tiles")
-
-                outcome = process(task, pipeline, settings, on_start=start, on_tile=lambda n: progress.advance(tiles_task, n))
-                outcomes.append(outcome)
-                if outcome.status == "failed" and not as_json:
-                    progress.console.print(f"[bold red]failed:[/] {outcome.error}", highlight=False)
-                elif outcome.status == "skipped" and verbose and not as_json:
-                    progress.console.print(f"skipped: {outcome.error}", highlight=False)
-                progress.advance(files)
-        except KeyboardInterrupt as exc:  # the file in progress left nothing behind: print what was done
+            run_batch(jobs.tasks, pipeline, settings, on_start=start, on_tile=lambda n: progress.advance(tiles_task, n),
+                      on_outcome=lambda o: (collected.append(o), finished(o)))  # fmt: skip
+        except KeyboardInterrupt as exc:  # the file being written was finished; nothing half-written remains
             interrupted = exc
+        outcomes.extend(collected)
 
     done = [o for o in outcomes if o.status == "done"]
     skipped = [o for o in outcomes if o.status == "skipped"]
