@@ -457,17 +457,22 @@ class _SegmentWriter:
             self.tmp.unlink(missing_ok=True)
 
 
+_ABORT = object()  # tells the encoder thread to stop without finishing its segment (None finishes it)
+
+
 def _writer(writer: _SegmentWriter, frames: queue.Queue, errors: queue.Queue) -> None:
-    ended = False
     try:
         while (frame := frames.get()) is not None:
+            if frame is _ABORT:
+                return
             writer.write(frame)
-        ended = True
         writer.close()
     except BaseException as exc:
         errors.put(exc)
-        while not ended and frames.get() is not None:  # keep the producer from blocking on a full queue
-            pass
+        while True:  # keep the producer from blocking on a full queue
+            frame = frames.get()
+            if frame is None or frame is _ABORT:
+                return
 
 
 @dataclass
@@ -491,6 +496,9 @@ class SegmentWork:
     @property
     def segments(self) -> int:
         return -(-self.info.frames // self.segment_frames)
+
+    def frames_in(self, index: int) -> int:
+        return max(0, min(self.segment_frames, self.info.frames - index * self.segment_frames))
 
     def seek(self, frame: int) -> tuple[Fraction | None, int]:
         """Where to start decoding to reach `frame`, and how many frames to drop first: just before the
@@ -558,6 +566,10 @@ def prepare_video(job: VideoJob, on_info: Callable[[VideoInfo], None] | None = N
     for leftover in folder.glob("*.tmp.nut"):
         leftover.unlink()
     work = SegmentWork(src, dst, folder, info, job.encode, out_size, "rgb48le" if deep else "rgb24", rate, manifest.segment_frames)
+    whole = [s for s in manifest.segments if s["frames"] == work.frames_in(s["index"])]
+    if len(whole) != len(manifest.segments):  # a short segment is never a finished one: encode it again
+        manifest.segments = whole
+        manifest.save(folder)
     return work, manifest
 
 
@@ -682,7 +694,7 @@ def encode_span(
         # Unblock and stop the encoder thread, then drop its unfinished segment.
         while encoder.is_alive():
             try:
-                encoded.put(None, timeout=0.1)
+                encoded.put(_ABORT, timeout=0.1)
             except queue.Full:
                 try:
                     encoded.get_nowait()

@@ -241,7 +241,11 @@ def test_ctrl_c_then_resume_gives_the_same_video(clips, tmp_path, model):
         pytest.skip("the run finished before it could be interrupted")
     assert proc.returncode == 130, err
     assert "--resume" in err and not out.exists()
-    done = sum(s["frames"] for s in json.loads(manifest.read_text())["segments"])
+    recorded = json.loads(manifest.read_text())
+    total = probe(clips / "ntsc.mp4").frames
+    for s in recorded["segments"]:  # an interrupted segment is never recorded as finished
+        assert s["frames"] == min(recorded["segment_frames"], total - s["index"] * recorded["segment_frames"]), recorded
+    done = sum(s["frames"] for s in recorded["segments"])
     again = subprocess.run([*args[:-3], "--json", "--device", "cpu"], capture_output=True, text=True)
     assert again.returncode == 1 and "--resume" in again.stderr  # refuses to silently start over
     resumed = subprocess.run([*args[:-3], "--resume", "--json", "--device", "cpu"], capture_output=True, text=True, timeout=300)

@@ -152,6 +152,29 @@ def open_model(model_ref: str, device: str, precision: str, *, scale: float | No
     return Model(model_ref, scale=scale, device=device, precision=precision, progress=progress)
 
 
+def ray_options(f: Callable) -> Callable:
+    """--ray and --ray-workers, shared by `esr upscale` and `esr video`."""
+    f = click.option(
+        "--ray-workers",
+        type=click.IntRange(min=1),
+        help="CPU workers on the cluster (default: one per CPU; with GPUs, one per GPU).",
+    )(f)
+    f = click.option(
+        "--ray",
+        "ray_address",
+        metavar="ADDRESS",
+        help="Spread the work over a Ray cluster: auto, HOST:PORT, ray://HOST:PORT, or local (a cluster for this run). "
+        'Needs pip install "esrcli[ray]" and a filesystem the workers share.',
+    )(f)
+    return f
+
+
+def worker_spec(model_ref: str, device: str, precision: str, scale, tile, overlap, batch):
+    from ..raydist import WorkerSpec
+
+    return WorkerSpec(model_ref, device, precision, scale, tile, overlap, batch, threads=0)
+
+
 def tiling_options(f: Callable) -> Callable:
     """--tile, --overlap and --batch, shared by `esr upscale` and `esr video`."""
     f = click.option("--batch", type=click.IntRange(min=1), help="Tiles per forward call. Default: from free memory.")(f)

@@ -10,7 +10,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..paths import FORMATS
 from ..registry import DEFAULT_MODEL
-from .common import RateColumn, device_options, fail, interrupt_code, model_option, open_model, print_json, stderr, tiling_options
+from .common import (
+    RateColumn,
+    device_options,
+    fail,
+    interrupt_code,
+    model_option,
+    open_model,
+    print_json,
+    ray_options,
+    stderr,
+    tiling_options,
+    worker_spec,
+)
 
 EXAMPLES = """\b
 Examples:
@@ -43,6 +55,7 @@ Examples:
 )
 @click.option("--allow-large", is_flag=True, help="Accept images over the 100-megapixel decompression-bomb limit.")
 @device_options
+@ray_options
 @click.option("-v", "--verbose", is_flag=True, help="Say which model, scale plan and tiling are used.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
@@ -63,6 +76,8 @@ def upscale(
     allow_large,
     device,
     precision,
+    ray_address,
+    ray_workers,
     verbose,
     quiet,
     as_json,
@@ -97,6 +112,11 @@ def upscale(
             fail(failure.error)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
     interrupted: KeyboardInterrupt | None = None
+    cluster = None
+    if ray_address:
+        from .. import raydist
+
+        ray = raydist.connect(ray_address)  # before any progress bar: a refusal is one line
     with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
         files = progress.add_task("files", total=len(jobs.tasks))
         tiles_task = progress.add_task("tiles", total=None, visible=False)
@@ -114,8 +134,12 @@ def upscale(
 
         collected: list = []
         try:
-            run_batch(jobs.tasks, pipeline, settings, on_start=start, on_tile=lambda n: progress.advance(tiles_task, n),
-                      on_outcome=lambda o: (collected.append(o), finished(o)))  # fmt: skip
+            if ray_address:
+                spec = worker_spec(model_ref, device, precision, scale, tile, overlap, batch)
+                collected, cluster = raydist.upscale_images(ray, jobs.tasks, settings, spec, workers=ray_workers or 0, on_outcome=finished)
+            else:
+                run_batch(jobs.tasks, pipeline, settings, on_start=start, on_tile=lambda n: progress.advance(tiles_task, n),
+                          on_outcome=lambda o: (collected.append(o), finished(o)))  # fmt: skip
         except KeyboardInterrupt as exc:  # the file being written was finished; nothing half-written remains
             interrupted = exc
         outcomes.extend(collected)
@@ -123,6 +147,8 @@ def upscale(
     done = [o for o in outcomes if o.status == "done"]
     skipped = [o for o in outcomes if o.status == "skipped"]
     failed = [o for o in outcomes if o.status == "failed"]
+    if ray_address:
+        raydist.disconnect(ray)
     seconds = time.perf_counter() - started
     if as_json:
         print_json(
@@ -135,6 +161,7 @@ def upscale(
                 "skipped": [{"input": str(o.source), "output": str(o.output)} for o in skipped],
                 "failures": [{"input": str(o.source), "error": o.error} for o in failed],
                 "retries": pipeline.retries,
+                **({"ray": {"workers": cluster.workers, "gpus": cluster.gpus, "retried": cluster.retried}} if cluster else {}),
                 "interrupted": interrupted is not None,
                 "seconds": round(seconds, 3),
             }
@@ -147,6 +174,8 @@ def upscale(
         if len(failed) > 1:
             for o in failed:
                 stderr.print(f"  {o.error}", highlight=False, markup=False)
+        if cluster and cluster.retried:
+            stderr.print(f"retried on another worker after one died: {', '.join(cluster.retried)}", highlight=False, markup=False)
     if interrupted is not None:
         raise SystemExit(interrupt_code(interrupted))
     if failed:

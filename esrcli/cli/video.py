@@ -19,8 +19,10 @@ from .common import (
     model_option,
     open_model,
     print_json,
+    ray_options,
     stderr,
     tiling_options,
+    worker_spec,
 )
 
 EXAMPLES = """\b
@@ -74,6 +76,7 @@ def _rate(value: str | None) -> Fraction | None:
     help="Upscale the frames a truncated input holds (its container announces more) instead of refusing it.",
 )
 @device_options
+@ray_options
 @click.option("-v", "--verbose", is_flag=True, help="Print the input's size, frames, timing and streams, the model and the scale plan.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
@@ -97,6 +100,8 @@ def video(
     allow_truncated,
     device,
     precision,
+    ray_address,
+    ray_workers,
     verbose,
     quiet,
     as_json,
@@ -120,6 +125,10 @@ def video(
     job = VideoJob(src, dst, pipeline, encode, model_key=f"{model.name}:{model.source}:{model.dtype}",
                    segment_seconds=segment_seconds, resume=resume, overwrite=overwrite,
                    allow_truncated=allow_truncated)  # fmt: skip
+    if ray_address:
+        from .. import raydist
+
+        ray = raydist.connect(ray_address)  # before any progress bar: a refusal is one line
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
         task = progress.add_task("frames", total=None)
@@ -139,8 +148,13 @@ def video(
         def on_progress(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
+        cluster = None
         try:
-            result = upscale_video(job, on_progress=on_progress, on_info=on_info)
+            if ray_address:
+                spec = worker_spec(model_ref, device, precision, scale, tile, overlap, batch)
+                result, cluster = raydist.upscale_video(ray, job, spec, workers=ray_workers or 0, on_progress=on_progress, on_info=on_info)
+            else:
+                result = upscale_video(job, on_progress=on_progress, on_info=on_info)
         except KeyboardInterrupt as exc:
             progress.stop()
             fail("interrupted: finished segments are kept; run the same command with --resume to continue")
@@ -149,6 +163,8 @@ def video(
             progress.stop()
             fail(str(exc))
             raise SystemExit(1) from None
+    if ray_address:
+        raydist.disconnect(ray)
     seconds = time.perf_counter() - started
     summary = {
         "input": str(src),
@@ -162,7 +178,10 @@ def video(
         "size": list(result.size),
         "seconds": round(seconds, 3),
         "fps": round((result.frames - result.resumed_from) / seconds, 3) if seconds else None,
+        **({"ray": {"workers": cluster.workers, "gpus": cluster.gpus, "retried": cluster.retried}} if cluster else {}),
     }
+    if cluster and cluster.retried and not as_json:
+        stderr.print(f"retried on another worker after one died: {', '.join(cluster.retried)}", highlight=False)
     if result.missing and not as_json:
         stderr.print(f"warning: {src} is truncated: {float(result.missing):.3f} s of its video are missing from the output", highlight=False)
     if as_json:
