@@ -109,8 +109,8 @@ def photos(folder: Path, count: int, size: int) -> None:
 
 
 def test_the_cluster_stays_on_loopback(cluster):
-    code = ("import json, ray; ray.init(address={!r}, logging_level='ERROR'); "
-            "print(json.dumps([[n['NodeManagerAddress'], n['Alive']] for n in ray.nodes()] + [ray.cluster_resources().get('CPU')]))").format(cluster)  # fmt: skip
+    code = (f"import json, ray; ray.init(address={cluster!r}, logging_level='ERROR'); "
+            "print(json.dumps([[n['NodeManagerAddress'], n['Alive']] for n in ray.nodes()] + [ray.cluster_resources().get('CPU')]))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ.copy(), check=True)
     *nodes, cpus = json.loads(out.stdout.strip().splitlines()[-1])
     assert nodes and all(address == "127.0.0.1" and alive for address, alive in nodes) and cpus == 2
