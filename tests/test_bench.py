@@ -39,11 +39,11 @@ def test_published_figures_are_reproduced(shared_weights, benchmark_data, filena
             assert abs(score.ssim - want_ssim) <= 0.0005, f"{set_name}: SSIM {score.ssim:.4f}, published {want_ssim}"
 
 
-# The embedded models' margins over bicubic (Y, dB) that a release must keep. Issue 4 asks the x4
-# model for Set5 >= 31.0 dB and +1.5 dB on Set14 and BSD100; it has Set14 (+1.53) but not yet Set5
-# (30.66) or BSD100 (+1.01; +1.5 there is 27.46 dB, above the released SPAN-tiny's 27.40).
+# The embedded models' margins over bicubic (Y, dB) that a release must keep. esr-tiny x4 version 2
+# (issue 13) measures 31.14 / 27.94 / 27.19 dB, +2.71 / +1.85 / +1.23 over bicubic; Set5 >= 31.0 dB
+# needs +2.57. The floors sit a little below the measured margins.
 EMBEDDED_MARGIN = {
-    4: {"Set5": 2.0, "Set14": 1.5, "BSD100": 0.9},
+    4: {"Set5": 2.6, "Set14": 1.75, "BSD100": 1.15},
     2: {"Set5": 1.6, "Set14": 1.2, "BSD100": 1.2},
 }
 
@@ -59,6 +59,28 @@ def test_embedded_model_keeps_its_margin_over_bicubic(benchmark_data, scale):
         ours = evaluate_set(network, scale, benchmark_data / set_name, with_ssim=False)
         bicubic = evaluate_set(MatlabBicubic(scale), scale, benchmark_data / set_name, with_ssim=False)
         assert ours.psnr >= bicubic.psnr + margin, f"x{scale} {set_name}: {ours.psnr:.3f} dB, bicubic {bicubic.psnr:.3f} dB"
+
+
+# esr-tiny-real (issue 13): on Set14 with JPEG quality 70 LR it must beat the released SPAN-tiny by
+# REAL_JPEG70_OVER_SPAN_TINY dB, and on clean Set14 stay REAL_CLEAN_OVER_BICUBIC dB above bicubic.
+# Measured when it was made: see README "Real-world photos and videos"; the floors sit below those.
+REAL_JPEG70_OVER_SPAN_TINY = 0.55  # measured +0.64 (26.22 vs 25.58 dB)
+REAL_CLEAN_OVER_BICUBIC = 1.2  # measured +1.28 (27.37 vs 26.09 dB)
+
+
+@pytest.mark.slow
+def test_embedded_real_model_loads_offline_and_keeps_its_margins(shared_weights, benchmark_data, monkeypatch):
+    monkeypatch.setenv("ESR_OFFLINE", "1")
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    real = load_reference("esr-tiny-real", scale=4, progress=False).network
+    span_tiny = load_network(shared_weights / "span_tiny_ch26_x4_ntire24_team39.pth")
+    set14 = benchmark_data / "Set14"
+    ours = evaluate_set(real, 4, set14, with_ssim=False, degrade="jpeg:70").psnr
+    theirs = evaluate_set(span_tiny, 4, set14, with_ssim=False, degrade="jpeg:70").psnr
+    assert ours >= theirs + REAL_JPEG70_OVER_SPAN_TINY, f"Set14 jpeg:70: {ours:.3f} dB, SPAN-tiny {theirs:.3f} dB"
+    clean = evaluate_set(real, 4, set14, with_ssim=False).psnr
+    bicubic = evaluate_set(MatlabBicubic(4), 4, set14, with_ssim=False).psnr
+    assert clean >= bicubic + REAL_CLEAN_OVER_BICUBIC, f"clean Set14: {clean:.3f} dB, bicubic {bicubic:.3f} dB"
 
 
 def test_lr_is_made_with_matlab_bicubic_when_a_set_has_none(shared_weights, benchmark_data, tmp_path):

@@ -219,3 +219,29 @@ def test_no_cluster_is_one_line_in_seconds(tmp_path):
         assert dead.returncode == 1 and dead.stderr.startswith(f"esr: error: --ray {address}: "), dead.stderr
         assert len(dead.stderr.strip().splitlines()) == 1 and time.monotonic() - started < 30
         assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_ray_local_starts_and_stops_its_own_cluster(tmp_path):
+    photos(tmp_path / "in", 2, 24)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    local = esr("upscale", str(tmp_path / "in"), "-o", str(tmp_path / "plain"), "--tile", "0", "--device", "cpu", "--quiet")
+    assert local.returncode == 0, local.stderr
+    args = [sys.executable, "-m", "esrcli", "upscale", str(tmp_path / "in"), "-o", str(tmp_path / "ray"), "--tile", "0", "--ray", "local", "--json"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, **RAY_ENV}, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+        deadline = time.monotonic() + 30
+        while session_processes(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = session_processes(proc.pid)
+    finally:
+        for pid in session_processes(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert json.loads(out)["ray"]["workers"] >= 1 and left == []  # the cluster it started is gone
+    for name in sorted(p.name for p in (tmp_path / "plain").iterdir()):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "plain" / name)), np.asarray(Image.open(tmp_path / "ray" / name)))

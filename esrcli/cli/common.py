@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -172,6 +173,8 @@ def ray_options(f: Callable) -> Callable:
 def worker_spec(model_ref: str, device: str, precision: str, scale, tile, overlap, batch):
     from ..raydist import WorkerSpec
 
+    if Path(model_ref).exists():  # workers start elsewhere: a relative path would not find the file
+        model_ref = str(Path(model_ref).resolve())
     return WorkerSpec(model_ref, device, precision, scale, tile, overlap, batch, threads=0)
 
 
