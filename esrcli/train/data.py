@@ -8,6 +8,7 @@ Decoded images are cached in memory once, before the workers fork, and shared wi
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,8 +129,19 @@ class StepSampler(Sampler[int]):
 
 def _ignore_termination(_worker_id: int) -> None:
     """A SIGTERM sent to the whole process group is for the main process, which saves the run and
-    then shuts its workers down; a worker dying first would turn that into a DataLoader error."""
+    then shuts its workers down; a worker dying first would turn that into a DataLoader error.
+
+    When the main process stops while it is fetching a batch's shared memory, the worker's
+    multiprocessing handshake thread sees the connection reset and would print a traceback through
+    sys.excepthook: that is the expected end of the worker, not an error for the user."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    default_hook = sys.excepthook
+
+    def quiet_on_hang_up(kind: type[BaseException], value: BaseException, tb: object) -> None:
+        if not issubclass(kind, (ConnectionResetError, BrokenPipeError, EOFError)):
+            default_hook(kind, value, tb)
+
+    sys.excepthook = quiet_on_hang_up
 
 
 def make_loader(dataset: PatchDataset, start: int, stop: int, batch: int, workers: int) -> DataLoader:
