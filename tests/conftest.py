@@ -48,3 +48,17 @@ def server(tmp_path):
 
     with serve(tmp_path / "served") as state:
         yield state
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A tiny x2 SPAN file with fixed weights: for tests about files, frames and errors, not picture quality."""
+    import torch
+
+    from esrcli.archs import build
+    from esrcli.weights import save_network
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny_x2.safetensors"
+    save_network(build("span", channels=4, scale=2, norm=False).eval(), path)
+    return str(path)

@@ -240,14 +240,6 @@ def clips(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("m") / "x2.safetensors"
-    save_network(build("span", channels=4, scale=2, norm=False).eval(), path)
-    return str(path)
-
-
 def video(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """A real process with a deadline: a hang fails the test instead of the suite."""
     return subprocess.run([sys.executable, "-m", "esrcli", "video", *args, "--quiet", "--device", "cpu"], capture_output=True, text=True,

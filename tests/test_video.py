@@ -14,10 +14,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from esrcli.archs import build
 from esrcli.cli import main
 from esrcli.video import FFMPEG, parts_dir, probe
-from esrcli.weights import save_network
 
 
 def ffmpeg(*args: str) -> None:
@@ -25,12 +23,8 @@ def ffmpeg(*args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    """A tiny x2 SPAN: video tests are about frames and streams, not picture quality."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny_x2.safetensors"
-    save_network(build("span", channels=4, scale=2, norm=False).eval(), path)
-    return str(path)
+def model(tiny_model) -> str:
+    return tiny_model  # video tests are about frames and streams, not picture quality
 
 
 @pytest.fixture(scope="module")
