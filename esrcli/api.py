@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -30,6 +31,8 @@ from .tiling import TilePlan, Upscaler, auto_plan, default_overlap
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from .export import ExportResult
 
 ImageLike = TypeVar("ImageLike", Image.Image, np.ndarray, torch.Tensor)
 
@@ -119,6 +122,29 @@ class Model:
         if isinstance(image, torch.Tensor):
             return _upscale_tensor(image, pipeline, on_tile)
         raise InputError(f"cannot upscale a {type(image).__name__}: pass a PIL image, a numpy array or a torch tensor")
+
+    def export(
+        self, path: str | Path, *, format: str | None = None, fp16: bool = False, check_image: np.ndarray | None = None, overwrite: bool = False
+    ) -> ExportResult:
+        """Write the model for ONNX Runtime (.onnx), spandrel/chaiNNer (.pth) or esr (.safetensors), as
+        `esr export` does: compared with this model's output on `check_image` (RGB uint8 HxWx3; default
+        esr's test card) before it is kept. The result holds the figures of that comparison."""
+        from .export import export_network, open_source
+
+        native = self.network.scale if self.ref in default_registry().entries else None
+        source = open_source(self.ref, scale=native, progress=self._progress)
+        picture = None if check_image is None else ("check image", np.ascontiguousarray(check_image[..., :3].astype(np.uint8)))
+        return export_network(
+            source.network,
+            path,
+            fmt=format,
+            fp16=fp16,
+            metadata=source.metadata,
+            overwrite=overwrite,
+            check_image=picture,
+            protected=source.inputs,
+            name=source.name,
+        )
 
 
 def load_model(name_or_path: str, *, scale: float | None = None, device: str = "auto", precision: str = "auto") -> Model:

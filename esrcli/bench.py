@@ -144,27 +144,59 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-@torch.inference_mode()
-def measure_speed(network: nn.Module, scale: int, width: int, height: int, *, min_seconds: float = 2.0, max_runs: int = 100) -> SpeedResult:
-    """Median latency of whole-frame forwards after warm-up."""
-    param = next(network.parameters())
-    x = torch.rand(1, 3, height, width, device=param.device, dtype=param.dtype).contiguous(memory_format=memory_format(param.device))
+def time_calls(
+    call: Callable[[], object], sync: Callable[[], None] = lambda: None, *, min_seconds: float, max_runs: int
+) -> tuple[float, int]:
+    """Median seconds per call after two warm-up calls, and how many calls were timed."""
     for _ in range(2):
-        network(x)
-    _sync(param.device)
+        call()
+    sync()
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < max_runs and (time.perf_counter() - start < min_seconds or len(times) < 3):
         t0 = time.perf_counter()
-        network(x)
-        _sync(param.device)
+        call()
+        sync()
         times.append(time.perf_counter() - t0)
-    latency = float(np.median(times))
+    return float(np.median(times)), len(times)
+
+
+def _speed_result(network: nn.Module, scale: int, width: int, height: int, latency: float, runs: int) -> SpeedResult:
     return SpeedResult(
         params=sum(p.numel() for p in network.parameters()),
         macs_g=count_macs(network, (1, 3, height, width)) / 1e9,
         latency_ms=latency * 1e3,
         output_mpix_per_s=width * height * scale * scale / 1e6 / latency,
         input_size=(width, height),
-        runs=len(times),
+        runs=runs,
     )
+
+
+@torch.inference_mode()
+def measure_speed(network: nn.Module, scale: int, width: int, height: int, *, min_seconds: float = 2.0, max_runs: int = 100) -> SpeedResult:
+    """Median latency of whole-frame forwards after warm-up."""
+    param = next(network.parameters())
+    x = torch.rand(1, 3, height, width, device=param.device, dtype=param.dtype).contiguous(memory_format=memory_format(param.device))
+    latency, runs = time_calls(lambda: network(x), lambda: _sync(param.device), min_seconds=min_seconds, max_runs=max_runs)
+    return _speed_result(network, scale, width, height, latency, runs)
+
+
+def measure_onnx_speed(
+    onnx_path: Path,
+    network: nn.Module,
+    scale: int,
+    width: int,
+    height: int,
+    *,
+    fp16: bool,
+    providers: list[str],
+    min_seconds: float = 2.0,
+    max_runs: int = 100,
+) -> SpeedResult:
+    """The same measurement for an exported model in onnxruntime (`network` is counted for params and MACs)."""
+    from .export import onnx_session
+
+    session = onnx_session(onnx_path, providers)
+    x = np.random.default_rng(0).random((1, 3, height, width), dtype=np.float32).astype(np.float16 if fp16 else np.float32)
+    latency, runs = time_calls(lambda: session.run(None, {"input": x}), min_seconds=min_seconds, max_runs=max_runs)
+    return _speed_result(network, scale, width, height, latency, runs)

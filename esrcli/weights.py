@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 
 from .archs import SRNet, UnknownArchitecture, build, detect, fuse_model
@@ -204,6 +204,27 @@ def save_network(
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in fused_state_dict(model).items()}
     metadata = {**network_metadata(model), **(extra_metadata or {})}
-    with atomic_write(path) as tmp:
-        save_file(sd, str(tmp), metadata=metadata)
+    write_safetensors(sd, path, metadata)
     return path
+
+
+def write_safetensors(tensors: Mapping[str, Tensor], path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
+    """safetensors with a sorted header, written atomically: the same tensors give the same bytes."""
+    data = canonical_safetensors(save(dict(tensors), metadata=dict(metadata or {})))
+    with atomic_write(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same file with its JSON header's keys sorted.
+
+    safetensors keeps metadata in a Rust HashMap, so the same network saved twice gets its metadata in
+    a different order each run: different bytes and SHA-256 for identical weights. Sorted, an export is
+    reproducible (a re-published model is byte-identical, a pin can be checked by exporting again)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(dict(sorted(header.items())), separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the format aligns the tensor data to 8 bytes
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]

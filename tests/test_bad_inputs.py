@@ -192,11 +192,11 @@ def test_export_never_overwrites_silently(images, tmp_path):
     run = tmp_path / "run"
     assert esr("train", *TRAIN, "--data", str(images), "--out", str(run)).exit_code == 0
     before = (run / "checkpoint.pt").read_bytes()
-    refused(esr("export", str(run), "--out", str(run / "checkpoint.pt")), "safetensors")
+    refused(esr("export", str(run), "--out", str(run / "checkpoint.pt")), "never overwrites an input")
     (tmp_path / "keep.safetensors").write_text("precious")
     refused(esr("export", str(run), "--out", str(tmp_path / "keep.safetensors")), "already exists", "--overwrite")
     assert (tmp_path / "keep.safetensors").read_text() == "precious" and (run / "checkpoint.pt").read_bytes() == before
-    refused(esr("export", str(run), "--out", str(tmp_path / "w.pth")), "name the file .safetensors")
+    refused(esr("export", str(run), "--out", str(tmp_path / "w.bin")), "name the file .safetensors")
     refused(esr("export", str(run), "--out", str(tmp_path / "x.safetensors"), "--strength", "nan"), "finite")
     blocker = tmp_path / "blocker"
     blocker.write_text("x")

@@ -121,7 +121,7 @@ def test_finetune_with_a_wider_teacher_exports_a_plain_student(images, tmp_path)
     merged = load_network(out)
     plain = load_network(tmp_path / "student.safetensors")
     assert set(merged.state_dict()) == set(plain.state_dict()) and merged.config == plain.config
-    from esrcli.train.export import network_from_run
+    from esrcli.runs import network_from_run
 
     fused, cfg, step = network_from_run(tmp_path / "run")
     assert step == 4 and cfg.model.scale == 2

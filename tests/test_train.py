@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -170,6 +171,10 @@ def test_export_loads_anywhere_with_the_graph_output(images, tmp_path):
     assert Image.open(tmp_path / "up.png").size == (224, 192)
     refused = CliRunner().invoke(main, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "s.safetensors"), "--strength", "0.5"])
     assert refused.exit_code != 0 and "not a LoRA run" in refused.output and not (tmp_path / "s.safetensors").exists()
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):  # the run straight to ONNX
+        result = CliRunner().invoke(main, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "run.onnx"), "--json"])
+        assert result.exit_code == 0, result.output
+        assert all(check["max_levels"] <= 2 for check in json.loads(result.output)["checks"])
 
 
 def test_espan_self_distillation_shrinks_to_the_student(images, tmp_path):

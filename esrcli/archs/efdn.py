@@ -30,10 +30,10 @@ class ESA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         c1_ = self.conv1(x)
-        if min(x.shape[-2:]) < 17:  # too small for the strided branch (the original crashes): pad it
-            c1 = self.conv2(F.pad(c1_, (0, max(0, 17 - x.shape[-1]), 0, max(0, 17 - x.shape[-2])), mode="replicate"))
-        else:
-            c1 = self.conv2(c1_)
+        # Inputs under 17 px are too small for the strided, pooled branch (the original crashes): pad the
+        # features to 17 first. sym_max keeps the pad symbolic, so an ONNX export stays right at every size.
+        h, w = x.shape[-2:]
+        c1 = self.conv2(F.pad(c1_, (0, torch.sym_max(0, 17 - w), 0, torch.sym_max(0, 17 - h)), mode="replicate"))
         v = F.max_pool2d(c1, kernel_size=7, stride=3)
         v = F.relu(self.conv_max(v))
         c3 = F.relu(self.conv3(v))

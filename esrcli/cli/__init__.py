@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from .bench import bench
 from .common import EsrGroup
+from .export import export
 from .models import models
-from .train import export, finetune_lora, train
+from .train import finetune_lora, train
 from .upscale import upscale
 from .video import video
 

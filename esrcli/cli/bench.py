@@ -41,11 +41,14 @@ def bench() -> None:
     """Measure a model's quality (PSNR/SSIM) or speed."""
 
 
-@bench.command("quality", epilog="""\b
+@bench.command(
+    "quality",
+    epilog="""\b
 Examples:
   esr bench quality -m efdn --data Set5 --data Set14 --data BSD100
   esr bench quality -m runs/span26 --data val/ --limit 10 --json
-""")
+""",
+)
 @model_option()
 @click.option(
     "--data",
@@ -142,22 +145,36 @@ def open_bench_model(model_ref: str, device: str, precision: str, *, scale: int 
     return BenchModel(model.name, model.network, model.network.scale)
 
 
-@bench.command("speed", epilog="""\b
+@bench.command(
+    "speed",
+    epilog="""\b
 Examples:
   esr bench speed -m span-tiny --size 320x180
   esr bench speed -m espan --size 1920x1080 --device cuda --precision fp16 --json
-""")
+  esr bench speed -m span-tiny --backend onnxruntime      the exported ONNX model, same input
+""",
+)
 @model_option()
 @click.option("-s", "--scale", type=click.IntRange(2, 16), help="Which registry variant (default: the model's first).")
 @click.option("--size", default="320x180", show_default=True, help="Input size WIDTHxHEIGHT (each side up to 16384).")
 @click.option("--seconds", default=2.0, show_default=True, type=FINITE_SECONDS, help="Time spent timing (after warm-up).")
 @device_options
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "onnxruntime"]),
+    default="torch",
+    show_default=True,
+    help="onnxruntime: export the model to ONNX (as esr export does) and time it there (pip install 'esrcli[onnx]').",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def speed(model_ref, scale, size, seconds, device, precision, as_json) -> None:
+def speed(model_ref, scale, size, seconds, device, precision, backend, as_json) -> None:
     """Parameters, MACs, latency and output megapixels per second."""
     from ..bench import measure_speed
 
     width, height = _size(size)
+    if backend == "onnxruntime":
+        _onnx_speed(model_ref, scale, size, width, height, seconds, device, precision, as_json)
+        return
     loaded = open_bench_model(model_ref, device, precision, scale=scale, progress=not as_json)
     try:
         result = measure_speed(loaded.network, loaded.scale, width, height, min_seconds=seconds)
@@ -166,18 +183,58 @@ def speed(model_ref, scale, size, seconds, device, precision, as_json) -> None:
             raise
         raise SpeedError(f"--size {size}: not enough memory to run {loaded.name} on a {width}x{height} input; try a smaller size") from None
     param = next(loaded.network.parameters())
-    data = {
-        "model": loaded.name,
-        "scale": loaded.scale,
-        "device": str(param.device),
-        "precision": str(param.dtype).removeprefix("torch."),
-        **result.as_dict(),
-    }
+    _print_speed(loaded.name, loaded.scale, "torch", str(param.device), str(param.dtype).removeprefix("torch."), result, as_json)
+
+
+def _onnx_speed(model_ref, scale, size, width, height, seconds, device, precision, as_json) -> None:
+    """Export to a temporary ONNX file and time it in onnxruntime on the CPU or CUDA."""
+    import tempfile
+
+    from ..bench import measure_onnx_speed
+    from ..export import ONNX_EXTRA, require_onnx, write_onnx
+
+    try:
+        import onnxruntime
+    except ImportError:
+        raise SpeedError(f"--backend onnxruntime needs onnxruntime: {ONNX_EXTRA}") from None
+    require_onnx()
+    available = onnxruntime.get_available_providers()
+    cuda = "CUDAExecutionProvider" in available
+    if device == "auto":
+        device = "cuda" if cuda else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise SpeedError(f"--device {device}: esr times onnxruntime on cpu or cuda")
+    if device != "cpu" and not cuda:
+        raise SpeedError(f"--device {device}: this onnxruntime has no CUDA provider (providers: {', '.join(available)})")
+    if precision == "bf16":
+        raise SpeedError("--precision bf16: esr exports ONNX in fp32 or fp16")
+    fp16 = precision == "fp16" or (precision == "auto" and device != "cpu")
+    loaded = open_bench_model(model_ref, "cpu", "fp32", scale=scale, progress=not as_json)
+    providers = (
+        ["CPUExecutionProvider"] if device == "cpu" else [("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)})]
+    )
+    with tempfile.TemporaryDirectory(prefix="esr-bench-") as scratch:
+        path = Path(scratch) / "model.onnx"
+        write_onnx(loaded.network, path, fp16=fp16, metadata={})
+        try:
+            result = measure_onnx_speed(
+                path, loaded.network, loaded.scale, width, height, fp16=fp16, providers=providers, min_seconds=seconds
+            )
+        except MemoryError:
+            raise SpeedError(
+                f"--size {size}: not enough memory to run {loaded.name} on a {width}x{height} input; try a smaller size"
+            ) from None
+    _print_speed(loaded.name, loaded.scale, "onnxruntime", device, "float16" if fp16 else "float32", result, as_json)
+
+
+def _print_speed(name: str, scale: int, backend: str, device: str, precision: str, result, as_json: bool) -> None:
+    data = {"model": name, "scale": scale, "backend": backend, "device": device, "precision": precision, **result.as_dict()}
     if as_json:
         print_json(data)
         return
+    width, height = result.input_size
     stdout.print(
-        f"{loaded.name} x{loaded.scale} on {data['device']} ({data['precision']}), input {width}x{height}: "
+        f"{name} x{scale} on {device} ({backend}, {precision}), input {width}x{height}: "
         f"{result.params:,} params, {result.macs_g:.2f} GMACs, {result.latency_ms:.1f} ms, "
         f"{result.output_mpix_per_s:.2f} output MP/s ({result.runs} runs)",
         highlight=False,

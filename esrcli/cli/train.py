@@ -1,4 +1,4 @@
-"""`esr train` and `esr export`."""
+"""`esr train` and `esr finetune-lora`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..train.config import CONFIG, PRESETS, ConfigError, TrainConfig
-from .common import FiniteFloat, RateColumn, interrupt_code, print_json, stderr, stdout
+from .common import FiniteFloat, RateColumn, interrupt_code, stderr, stdout
 
 if TYPE_CHECKING:
     from ..train.trainer import Trainer
@@ -197,38 +197,6 @@ def train(**options: Any) -> None:
     configure_and_run(options)
 
 
-@click.command("export", epilog="""\b
-Examples:
-  esr export runs/span26 --out span26_x4.safetensors          fused weights for -m
-  esr export runs/span26 --out span26_x4.safetensors --fp16   half the size
-  esr export runs/lora --out lora.safetensors --strength 0.5  half the finetune's step
-""")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The .safetensors file to write.")
-@click.option("--fp16", is_flag=True, help="Store half-precision weights (half the size).")
-@click.option("--raw", is_flag=True, help="Export the raw weights instead of their EMA.")
-@click.option(
-    "--strength",
-    type=FiniteFloat(0, None),
-    default=1.0,
-    show_default=True,
-    help="LoRA runs: merge W + STRENGTH * dW. Below 1, a shorter step from the student along the finetune.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@click.option("--json", "as_json", is_flag=True, help="Print the written file and its size as JSON.")
-def export(run_dir: Path, out: Path, fp16: bool, raw: bool, strength: float, overwrite: bool, as_json: bool) -> None:
-    """Write a run's weights as plain fused safetensors that -m loads anywhere."""
-    import torch
-
-    from ..train.export import export_run
-
-    path = export_run(run_dir, out, dtype=torch.float16 if fp16 else torch.float32, use_ema=not raw, strength=strength, overwrite=overwrite)
-    if as_json:
-        print_json({"run": str(run_dir), "out": str(path), "bytes": path.stat().st_size})
-    else:
-        stdout.print(f"{path} ({path.stat().st_size:,} bytes)", highlight=False)
-
-
 def finetune_defaults() -> TrainConfig:
     """DSCLoRA-style finetuning of an already good model: the settings of the measured runs (README).
 
@@ -281,4 +249,4 @@ def _run(cfg: TrainConfig, out: Path | None, resume: Path | None, quiet: bool) -
         trainer.close()
 
 
-__all__ = ["train", "export", "finetune_lora"]
+__all__ = ["train", "finetune_lora"]

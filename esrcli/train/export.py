@@ -1,4 +1,4 @@
-"""Runs to plain fused weights: what `esr export` writes (`-m RUN_DIR` loads the same through esrcli.runs)."""
+"""A run's weights as plain fused safetensors (`-m RUN_DIR` loads the same through esrcli.runs)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EsrError
-from ..runs import network_from_run
-from ..weights import save_network
-from .config import CHECKPOINT, CONFIG, METRICS
+from ..export import ExportError, export_network, open_source
 
-
-class ExportError(EsrError):
-    """An export that would overwrite something or cannot be written."""
+__all__ = ["ExportError", "export_run"]
 
 
 def export_run(
@@ -25,18 +20,15 @@ def export_run(
     strength: float = 1.0,
     overwrite: bool = False,
 ) -> Path:
-    out, run_dir = Path(out), Path(run_dir)
-    if out.suffix.lower() != ".safetensors":
-        raise ExportError(f"{out}: esr export writes safetensors; name the file .safetensors")
-    if out.resolve().parent == run_dir.resolve() and out.name in (CHECKPOINT, CONFIG, METRICS):
-        raise ExportError(f"{out}: would overwrite the run's own {out.name}")
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out}: already exists (pass --overwrite to replace it)")
-    network, cfg, step = network_from_run(run_dir, use_ema=use_ema, strength=strength)
-    extra = {"esr.trained_steps": str(step), "esr.train_config": cfg.to_toml(), "esr.weights": "ema" if use_ema else "raw"}
-    if strength != 1.0:
-        extra["esr.lora_strength"] = repr(strength)
-    try:
-        return save_network(network, out, dtype=dtype, extra_metadata=extra)
-    except OSError as exc:
-        raise ExportError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    source = open_source(str(run_dir), use_ema=use_ema, strength=strength)
+    result = export_network(
+        source.network,
+        out,
+        fmt="safetensors",
+        fp16=dtype == torch.float16,
+        metadata=source.metadata,
+        overwrite=overwrite,
+        protected=source.inputs,
+        name=source.name,
+    )
+    return result.path
