@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .atomic import atomic_write
 from .download import sha256_file
 from .errors import EsrError
 from .export import ExportSource, export_network
@@ -193,8 +194,6 @@ def write_folder(
     if card.exists() and not overwrite:
         raise PublishError(f"{card}: already exists (pass --overwrite to replace it)")
     text = model_card(source, filename, sha256_file(weights), weights.stat().st_size, repo_id=repo_id, revision=revision, scores=scores)
-    from .atomic import atomic_write
-
     with atomic_write(card) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return [weights, card]
