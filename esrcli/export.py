@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,8 +55,10 @@ class Agreement:
         return self.psnr >= MIN_PSNR and (fp16 or self.max_levels <= MAX_LEVELS)
 
     def describe(self) -> str:
-        db = "identical" if math.isinf(self.psnr) else f"{self.psnr:.1f} dB"
-        return f"{self.image} {self.size[0]}x{self.size[1]}: max {self.max_levels} levels (8-bit), {db}, max |diff| {self.max_abs:.1e}"
+        if math.isinf(self.psnr):
+            return f"{self.image} {self.size[0]}x{self.size[1]}: identical in 8 bits, max |diff| {self.max_abs:.1e}"
+        levels = f"{self.max_levels} level{'' if self.max_levels == 1 else 's'}"
+        return f"{self.image} {self.size[0]}x{self.size[1]}: at most {levels} apart in 8 bits, {self.psnr:.1f} dB, max |diff| {self.max_abs:.1e}"
 
 
 @dataclass
@@ -372,9 +374,12 @@ def export_network(
     check_image: tuple[str, np.ndarray] | None = None,
     protected: tuple[Path, ...] = (),
     name: str = "the model",
+    on_stage: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Write `network` (inference form) as `fmt` (default: from the suffix), checked before it is renamed
-    into place. `protected` are files the export must never replace (the model's own inputs)."""
+    into place. `protected` are files the export must never replace (the model's own inputs);
+    `on_stage` hears what is being done, for a progress display (an ONNX export takes seconds)."""
+    stage = on_stage or (lambda _: None)
     out = Path(out)
     fmt = format_for(out, fmt)
     if fmt not in FORMATS:
@@ -408,7 +413,9 @@ def export_network(
                 checks = check_reload(tmp, network, images)
             else:
                 onnx_metadata = {**metadata, "esr.opset": str(ONNX_OPSET), "esr.precision": "fp16" if fp16 else "fp32"}
+                stage(f"exporting {name} to ONNX (opset {ONNX_OPSET})")
                 write_onnx(network, tmp, fp16=fp16, metadata=onnx_metadata)
+                stage("checking the ONNX model in onnxruntime")
                 try:
                     checks = check_onnx(tmp, network, images, fp16)
                 except ImportError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -107,17 +108,20 @@ def export(
         source.licence = source.metadata["esr.licence"] = licence
     report: dict = {"model": source.name, "arch": source.network.arch, "scale": source.network.scale}
     if out is not None:
-        result = export_network(
-            source.network,
-            out,
-            fmt=fmt,
-            fp16=fp16,
-            metadata=source.metadata,
-            overwrite=overwrite,
-            check_image=picture,
-            protected=source.inputs,
-            name=source.name,
-        )
+        with stderr.status("exporting", spinner="dots") if not as_json else nullcontext() as status:
+            on_stage = status.update if status is not None else None
+            result = export_network(
+                source.network,
+                out,
+                fmt=fmt,
+                fp16=fp16,
+                metadata=source.metadata,
+                overwrite=overwrite,
+                check_image=picture,
+                protected=source.inputs,
+                name=source.name,
+                on_stage=on_stage,
+            )
         report.update(result.as_dict())
         if not as_json:
             stdout.print(f"{result.path} ({result.format}, {result.bytes:,} bytes)", highlight=False)
