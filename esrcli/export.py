@@ -6,6 +6,7 @@ then renamed into place: a file that does not reproduce esr's output is never le
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import warnings
@@ -345,8 +346,10 @@ def write_spandrel(network: SRNet, path: Path, *, fp16: bool, metadata: Mapping[
     if path.suffix.lower() == ".safetensors":
         # No esr.* metadata: it would make esr read the file as its fused layout; spandrel reads keys only.
         write_safetensors(sd, path, {k: v for k, v in metadata.items() if not k.startswith("esr.") or k == "esr.model"})
-    else:
-        torch.save(sd, path)
+    else:  # through memory: torch names the archive's folder after the file, here a temporary name
+        buffer = io.BytesIO()
+        torch.save(sd, buffer)
+        path.write_bytes(buffer.getvalue())
 
 
 def check_reload(path: Path, network: SRNet, images: list[tuple[str, np.ndarray]]) -> list[Agreement]:

@@ -342,3 +342,13 @@ def test_to_folder_writes_weights_and_a_model_card_offline(tiny_model, tmp_path)
     again = esr("export", tiny_model, "--to-folder", str(folder))
     assert again.exit_code == 1 and "already exists" in again.output
     assert esr("export", tiny_model, "--out", str(tmp_path / "x.onnx"), "--licence", "MIT").exit_code == 2
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_exports_are_byte_reproducible(tiny_model, tmp_path, suffix):
+    """safetensors writes its metadata in a random order and torch.save names its archive after the
+    file: esr sorts the one and names the other, so a pin can be checked by exporting again."""
+    first, second = tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"
+    for out in (first, second):
+        assert esr("export", tiny_model, "--out", str(out)).exit_code == 0
+    assert first.read_bytes() == second.read_bytes()
