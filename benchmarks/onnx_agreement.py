@@ -16,10 +16,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from esrcli.export import agreement, as_input, check_card, onnx_session, write_onnx
+from esrcli.export import check_card, check_onnx, onnx_session, write_onnx
 from esrcli.imagefile import read_rgb8
 from esrcli.loading import load_reference
 
@@ -46,22 +45,14 @@ def main() -> None:
             for fp16 in (False, True):
                 path = Path(scratch) / f"m{int(fp16)}.onnx"
                 write_onnx(network, path, fp16=fp16, metadata={})
-                session = onnx_session(path)
-                cells = []
-                for pic_name, pixels in pictures:
-                    x = as_input(pixels)
-                    with torch.no_grad():
-                        expected = network(x).clamp(0, 1)
-                    got = session.run(None, {"input": x.numpy().astype(np.float16 if fp16 else np.float32)})[0]
-                    a = agreement(pic_name, pixels, expected, torch.from_numpy(got.astype(np.float32)))
-                    cells.append(f"{a.max_levels} L, {a.psnr:.1f} dB, {a.max_abs:.1e}")
+                cells = [f"{a.max_levels} L, {a.psnr:.1f} dB, {a.max_abs:.1e}" for a in check_onnx(path, network, pictures, fp16)]
                 if fp16:
                     cells.append("")
                 else:
                     with torch.no_grad():
                         exact = network.double()(noise.double()).clamp(0, 1)
                         torch32 = network.float()(noise).clamp(0, 1).double()
-                    ort = torch.from_numpy(session.run(None, {"input": noise.numpy()})[0]).double()
+                    ort = torch.from_numpy(onnx_session(path).run(None, {"input": noise.numpy()})[0]).double()
                     cells.append(f"{(torch32 - exact).abs().max():.1e} / {(ort - exact).abs().max():.1e}")
                 print(f"| {name} | {'fp16' if fp16 else 'fp32'} | " + " | ".join(cells) + " |", flush=True)
 

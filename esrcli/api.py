@@ -129,22 +129,12 @@ class Model:
         """Write the model for ONNX Runtime (.onnx), spandrel/chaiNNer (.pth) or esr (.safetensors), as
         `esr export` does: compared with this model's output on `check_image` (RGB uint8 HxWx3; default
         esr's test card) before it is kept. The result holds the figures of that comparison."""
-        from .export import export_network, open_source
+        from .export import open_source
 
         native = self.network.scale if self.ref in default_registry().entries else None
         source = open_source(self.ref, scale=native, progress=self._progress)
         picture = None if check_image is None else ("check image", np.ascontiguousarray(check_image[..., :3].astype(np.uint8)))
-        return export_network(
-            source.network,
-            path,
-            fmt=format,
-            fp16=fp16,
-            metadata=source.metadata,
-            overwrite=overwrite,
-            check_image=picture,
-            protected=source.inputs,
-            name=source.name,
-        )
+        return source.export(path, fmt=format, fp16=fp16, overwrite=overwrite, check_image=picture)
 
 
 def load_model(name_or_path: str, *, scale: float | None = None, device: str = "auto", precision: str = "auto") -> Model:

@@ -105,6 +105,10 @@ class ExportSource:
     paper: str = ""
     title: str = ""
 
+    def export(self, out: str | Path, **options: object) -> ExportResult:
+        """`export_network` with this model's network, metadata, protected files and name."""
+        return export_network(self.network, out, metadata=self.metadata, protected=self.inputs, name=self.name, **options)
+
 
 STRUCTURAL_KEYS = ("esr.arch", "esr.config", "esr.form", "esr.scale")
 

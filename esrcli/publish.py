@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .atomic import atomic_write
 from .download import sha256_file
 from .errors import EsrError
-from .export import ExportSource, export_network
+from .export import ExportSource
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -180,16 +180,7 @@ def write_folder(
         raise PublishError(f"{folder}: exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     filename = weights_name(source)
-    weights = export_network(
-        source.network,
-        folder / filename,
-        fmt="safetensors",
-        fp16=fp16,
-        metadata=source.metadata,
-        overwrite=overwrite,
-        protected=source.inputs,
-        name=source.name,
-    ).path
+    weights = source.export(folder / filename, fmt="safetensors", fp16=fp16, overwrite=overwrite).path
     card = folder / CARD
     if card.exists() and not overwrite:
         raise PublishError(f"{card}: already exists (pass --overwrite to replace it)")

@@ -100,7 +100,7 @@ def export(
     if repo_id is not None and (len(repo_id.split("/")) != 2 or not all(repo_id.split("/"))):
         raise click.UsageError(f"--push-to-hub takes OWNER/REPO, not {repo_id!r}")
 
-    from ..export import export_network, open_source
+    from ..export import open_source
 
     picture = _read_check_image(check_image) if check_image else None
     source = open_source(model_ref, scale=scale, use_ema=not raw, strength=strength, progress=not as_json)
@@ -110,18 +110,7 @@ def export(
     if out is not None:
         with stderr.status("exporting", spinner="dots") if not as_json else nullcontext() as status:
             on_stage = status.update if status is not None else None
-            result = export_network(
-                source.network,
-                out,
-                fmt=fmt,
-                fp16=fp16,
-                metadata=source.metadata,
-                overwrite=overwrite,
-                check_image=picture,
-                protected=source.inputs,
-                name=source.name,
-                on_stage=on_stage,
-            )
+            result = source.export(out, fmt=fmt, fp16=fp16, overwrite=overwrite, check_image=picture, on_stage=on_stage)
         report.update(result.as_dict())
         if not as_json:
             stdout.print(f"{result.path} ({result.format}, {result.bytes:,} bytes)", highlight=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..export import ExportError, export_network, open_source
+from ..export import ExportError, open_source
 
 __all__ = ["ExportError", "export_run"]
 
@@ -21,14 +21,5 @@ def export_run(
     overwrite: bool = False,
 ) -> Path:
     source = open_source(str(run_dir), use_ema=use_ema, strength=strength)
-    result = export_network(
-        source.network,
-        out,
-        fmt="safetensors",
-        fp16=dtype == torch.float16,
-        metadata=source.metadata,
-        overwrite=overwrite,
-        protected=source.inputs,
-        name=source.name,
-    )
+    result = source.export(out, fmt="safetensors", fp16=dtype == torch.float16, overwrite=overwrite)
     return result.path
