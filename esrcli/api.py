@@ -11,7 +11,8 @@ settings.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,19 +20,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
-from .batch import upscale_picture
-from .device import resolve_device, resolve_precision
+from .batch import ALPHA_MODES, upscale_picture
+from .device import resolve_device, resolve_precision, use_fixed_shapes
 from .errors import EsrError
-from .imagefile import Picture, pil_arrays, to_8bit
-from .loading import LoadedModel, load_reference
+from .imagefile import Picture, picture_from_pil, to_8bit
+from .loading import LoadedModel, load_reference, place
 from .registry import DEFAULT_MODEL, default_registry
 from .scaling import Pipeline, plan_scale
-from .tiling import TilePlan, Upscaler, auto_plan, default_overlap
+from .tiling import TilePlan, Upscaler, auto_plan, check_tiling, default_overlap
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from .export import ExportResult
 
 ImageLike = TypeVar("ImageLike", Image.Image, np.ndarray, torch.Tensor)
@@ -47,12 +47,16 @@ class Model:
     `scale` is the factor `upscale` uses by default (the model's own unless given); a registry
     model loads its other native variants when a factor needs them."""
 
-    def __init__(self, ref: str, *, scale: float | None = None, device: str = "auto", precision: str = "auto", progress: bool = False) -> None:
+    def __init__(
+        self, ref: str, *, scale: float | None = None, device: str = "auto", precision: str = "auto", progress: bool = False
+    ) -> None:
         self.ref = ref
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self._progress = progress
         self._variants: dict[int, LoadedModel] = {}
+        self._fp32: dict[int, nn.Module] = {}
+        use_fixed_shapes(self.device)
         registry = default_registry()
         self.native: list[int] = registry.get(ref).scales if ref in registry.entries else []
         first = self._variant(plan_scale(self.native, scale).passes[0] if self.native and scale is not None else None)
@@ -74,26 +78,48 @@ class Model:
         return sum(p.numel() for p in self.network.parameters())
 
     def _variant(self, scale: int | None) -> LoadedModel:
+        """The network of one native scale, loaded once. In half precision an fp32 copy is kept too,
+        made from the weights as loaded: tiles that overflow are redone with it."""
         if scale is not None and scale in self._variants:
             return self._variants[scale]
-        loaded = load_reference(self.ref, scale=scale, device=self.device, dtype=self.dtype, progress=self._progress)
+        loaded = load_reference(self.ref, scale=scale, device=self.device, dtype=torch.float32, progress=self._progress)
+        if self.dtype != torch.float32:
+            self._fp32[loaded.scale] = loaded.network
+            loaded.network = place(copy.deepcopy(loaded.network), self.device, self.dtype)
         self._variants[loaded.scale] = loaded
         return loaded
 
-    def pipeline(self, scale: float | None = None, *, tile: int | None = None, overlap: int | None = None, batch: int | None = None) -> Pipeline:
-        """The passes and tiling that reach `scale`: tile None picks a size from free memory, 0 runs whole images."""
-        key = (self.scale if scale is None else scale, tile, overlap, batch)
+    def pipeline(
+        self,
+        scale: float | None = None,
+        *,
+        tile: int | None = None,
+        overlap: int | None = None,
+        batch: int | None = None,
+        tiling: Mapping[int, TilePlan] | None = None,
+        plan_for: tuple[torch.device, torch.dtype] | None = None,
+    ) -> Pipeline:
+        """The passes and tiling that reach `scale`: tile None plans from the memory free on the device
+        (`plan_for`'s, when the model is only opened to plan work for other machines), 0 runs whole images.
+        `tiling` (another pipeline's `.tiling`) reuses a plan made elsewhere, so a Ray worker cuts the same
+        tiles as the driver and gives the same pixels."""
+        check_tiling(tile, overlap, batch)
+        device, dtype = plan_for or (self.device, self.dtype)
+        key = (self.scale if scale is None else scale, tile, overlap, batch, tuple(sorted((tiling or {}).items())), device, dtype)
         if key not in self._pipelines:
             plan = plan_scale(self.native, key[0])
             upscalers = {}
             for s in plan.scales:
                 network = self._variant(s).network
-                if tile is None:
-                    auto = auto_plan(network, s, self.device, self.dtype, overlap)
-                    tiles = TilePlan(auto.tile, auto.overlap, batch or auto.batch)
+                if tiling is not None and s in tiling:
+                    tiles = tiling[s]
+                elif tile is None:
+                    auto = auto_plan(network, s, device, dtype, overlap)
+                    tiles = TilePlan(auto.tile, auto.overlap, batch or auto.batch, whole=auto.whole)
                 else:
                     tiles = TilePlan(tile, default_overlap(network) if overlap is None else overlap, batch or 1)
-                upscalers[s] = Upscaler(network, s, tiles)
+                check_tiling(tiles.tile, tiles.overlap, tiles.batch)
+                upscalers[s] = Upscaler(network, s, tiles, fp32=self._fp32.get(s))
             self._pipelines[key] = Pipeline(plan, upscalers)
         return self._pipelines[key]
 
@@ -105,6 +131,7 @@ class Model:
         tile: int | None = None,
         overlap: int | None = None,
         alpha: str = "model",
+        exif_transpose: bool = True,
         on_tile: Callable[[int], None] | None = None,
     ) -> ImageLike:
         """`image` upscaled by `scale` (default: the model's), in the type and layout it came in.
@@ -113,10 +140,16 @@ class Model:
         16-bit grey as I;16), with its ICC profile; a numpy array HxW or HxWxC (C = 1 to 4), uint8
         or uint16, with the same dtype and layout; a float tensor (N)CHW in 0..1 (C = 1 or 3) as a
         tensor on its own device. Transparency goes through the model (`alpha="bicubic"` resamples
-        it), and constant, fully opaque and fully transparent areas stay exact."""
+        it), and constant, fully opaque and fully transparent areas stay exact.
+
+        As `esr upscale` does with a file, a PIL image's EXIF orientation is applied (the result is
+        upright and its EXIF says so; `exif_transpose=False` keeps the stored pixel order), and an
+        animated image is refused. Every error is an EsrError."""
+        if alpha not in ALPHA_MODES:
+            raise InputError(f"alpha {alpha!r}: must be one of {', '.join(map(repr, ALPHA_MODES))}")
         pipeline = self.pipeline(scale, tile=tile, overlap=overlap)
         if isinstance(image, Image.Image):
-            return _upscale_pil(image, pipeline, alpha, on_tile)
+            return _upscale_pil(image, pipeline, alpha, on_tile, exif_transpose)
         if isinstance(image, np.ndarray):
             return _upscale_array(image, pipeline, alpha, on_tile)
         if isinstance(image, torch.Tensor):
@@ -124,7 +157,13 @@ class Model:
         raise InputError(f"cannot upscale a {type(image).__name__}: pass a PIL image, a numpy array or a torch tensor")
 
     def export(
-        self, path: str | Path, *, format: str | None = None, fp16: bool = False, check_image: np.ndarray | None = None, overwrite: bool = False
+        self,
+        path: str | Path,
+        *,
+        format: str | None = None,
+        fp16: bool = False,
+        check_image: np.ndarray | None = None,
+        overwrite: bool = False,
     ) -> ExportResult:
         """Write the model for ONNX Runtime (.onnx), spandrel/chaiNNer (.pth) or esr (.safetensors), as
         `esr export` does: compared with this model's output on `check_image` (RGB uint8 HxWx3; default
@@ -156,21 +195,23 @@ def upscale(
     device: str = "auto",
     precision: str = "auto",
     tile: int | None = None,
+    exif_transpose: bool = True,
 ) -> ImageLike:
     """Upscale one image with `model` (opened once and kept for later calls); see Model.upscale."""
-    return _cached_model(str(model), device, precision).upscale(image, scale=scale, tile=tile)
+    return _cached_model(str(model), device, precision).upscale(image, scale=scale, tile=tile, exif_transpose=exif_transpose)
 
 
 # --- conversions -----------------------------------------------------------------------------
 
 
-def _upscale_pil(image: Image.Image, pipeline: Pipeline, alpha: str, on_tile: Any) -> Image.Image:
-    pixels, alpha_plane = pil_arrays("<PIL image>", image)
-    picture = Picture(pixels=pixels, alpha=alpha_plane, icc_profile=image.info.get("icc_profile"))
+def _upscale_pil(image: Image.Image, pipeline: Pipeline, alpha: str, on_tile: Any, exif_transpose: bool) -> Image.Image:
+    picture = picture_from_pil(image, exif_transpose=exif_transpose)
     result = upscale_picture(picture, pipeline, alpha_mode=alpha, on_tile=on_tile)
     out = _to_pil(result)
     if picture.icc_profile:
         out.info["icc_profile"] = picture.icc_profile
+    if picture.exif:
+        out.info["exif"] = picture.exif  # orientation reset to 1 where it was applied
     return out
 
 
@@ -187,7 +228,7 @@ def _to_pil(picture: Picture) -> Image.Image:
 
 def _upscale_array(array: np.ndarray, pipeline: Pipeline, alpha: str, on_tile: Any) -> np.ndarray:
     if array.dtype not in (np.uint8, np.uint16):
-        raise InputError(f"numpy images must be uint8 or uint16, not {array.dtype} (scale floats to 0..65535 and cast)")
+        raise InputError(f"numpy images must be uint8 or uint16, not {array.dtype}: {_dtype_advice(array.dtype)}")
     if array.ndim == 2:
         return _upscale_array(array[..., None], pipeline, alpha, on_tile)[..., 0]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or min(array.shape[:2]) < 1:
@@ -199,9 +240,24 @@ def _upscale_array(array: np.ndarray, pipeline: Pipeline, alpha: str, on_tile: A
     return result.pixels if result.alpha is None else np.concatenate([result.pixels, result.alpha], axis=2)
 
 
+def _dtype_advice(dtype: np.dtype) -> str:
+    """What to do with an array of another dtype, by its kind."""
+    if dtype.kind == "b":
+        return "multiply by 255 and cast to uint8 (True = white)"
+    if dtype.kind == "f":
+        return "for values in 0..1 multiply by 255 (or 65535), round and cast to uint8 (uint16)"
+    if dtype.kind in "iu":
+        return "clip to 0..255 (or 0..65535) and cast to uint8 (uint16), after scaling if the range is another"
+    return "convert to uint8 or uint16 pixels"
+
+
 def _upscale_tensor(tensor: torch.Tensor, pipeline: Pipeline, on_tile: Any) -> torch.Tensor:
     if not tensor.is_floating_point() or tensor.ndim not in (3, 4) or tensor.shape[-3] not in (1, 3):
         raise InputError(f"tensors must be float (N)CHW with C = 1 or 3 in 0..1, not {tensor.dtype} of shape {tuple(tensor.shape)}")
+    if min(tensor.shape[-2:]) < 1:
+        raise InputError(f"tensor of shape {tuple(tensor.shape)} has no pixels")
+    if not bool(torch.isfinite(tensor).all()):
+        raise InputError("tensor holds NaN or infinite values: pixels must be finite, in 0..1")
     batch = tensor[None] if tensor.ndim == 3 else tensor
     first = pipeline.upscalers[pipeline.plan.passes[0]]
     h, w = batch.shape[-2:]

@@ -6,17 +6,16 @@ Independent of the CLI: `esr upscale` only parses options, shows progress and pr
 from __future__ import annotations
 
 import glob
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .engine import Stages, run_stages
 from .imagefile import ImageError, Picture, check_storable, read_image, write_image
-from .paths import FORMATS, format_for_suffix, list_images
+from .paths import FORMATS, check_name_part, format_for_suffix, inside, list_images
 from .scaling import Pipeline, resample, target_size
 
 # --- one picture ---------------------------------------------------------------------------
@@ -84,7 +83,6 @@ def _surrounded_by(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 # --- batches of files ----------------------------------------------------------------------
-
 
 
 @dataclass
@@ -171,6 +169,7 @@ def output_path(source: Path, root: Path | None, *, out: Path | None, out_is_fil
 
 def plan_batch(inputs: Iterable[str], *, out: Path | None, recursive: bool, suffix: str, fmt: str) -> Batch:
     """Pair every input with its output; inputs that cannot be planned become failures."""
+    check_name_part(suffix, "--suffix")
     files, problems = expand_inputs(inputs, recursive)
     batch = Batch(failures=problems)
     out_is_file = out is not None and not out.is_dir() and out.suffix != "" and not str(out).endswith(("/", "\\"))
@@ -181,6 +180,10 @@ def plan_batch(inputs: Iterable[str], *, out: Path | None, recursive: bool, suff
     writers: dict[Path, list[Path]] = {}
     for f, root in files:
         target = output_path(f, root, out=out, out_is_file=out_is_file, suffix=suffix, fmt=fmt)
+        if out is not None and not out_is_file and not inside(target, out):  # a glob with ".." mirrored under -o
+            batch.failures.append(Outcome(f, target, "failed", f"{f}: its mirrored output {target} would be outside {out}; "
+                                          "name the input without '..' or drop --recursive"))  # fmt: skip
+            continue
         if target.resolve() in sources:
             batch.failures.append(
                 Outcome(f, target, "failed", f"{f}: the output would overwrite an input ({target}); change --suffix or -o")
@@ -232,7 +235,9 @@ def load(task: Task, settings: Settings) -> Picture | Outcome:
     return picture
 
 
-def compute(task: Task, picture: Picture, pipeline: Pipeline, settings: Settings, on_tile: Callable[[int], None] | None = None) -> Picture | Outcome:
+def compute_one(
+    task: Task, picture: Picture, pipeline: Pipeline, settings: Settings, on_tile: Callable[[int], None] | None = None
+) -> Picture | Outcome:
     try:
         return upscale_picture(picture, pipeline, alpha_mode=settings.alpha_mode, on_tile=on_tile)
     except (ImageError, MemoryError) as exc:
@@ -269,22 +274,12 @@ def process(
     if isinstance(picture, Picture):
         if on_start:
             on_start(tiles_for(pipeline, picture, settings.alpha_mode == "model"))
-        result = compute(task, picture, pipeline, settings, on_tile)
+        result = compute_one(task, picture, pipeline, settings, on_tile)
         outcome = save(task, result, settings) if isinstance(result, Picture) else result
     else:
         outcome = picture
     outcome.seconds = time.perf_counter() - start
     return outcome
-
-
-# Results at least this large are written before the next picture is upscaled, so that no more than
-# two full-size outputs exist at once (a 4000x3000 photo at x4 is 576 MB in 8 bits).
-_LARGE_RESULT = 256 << 20
-
-
-class _Failed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
 
 
 def run_batch(
@@ -297,76 +292,36 @@ def run_batch(
     on_outcome: Callable[[Outcome], None] | None = None,
     read_ahead: int = 2,
 ) -> list[Outcome]:
-    """Every task, with reading, upscaling and writing overlapped: a thread decodes the next files,
-    the model runs in the calling thread, a thread encodes and writes the previous result (codecs
-    and zlib release the GIL). Outcomes come in task order; on an interrupt the file being written
-    is finished (atomically), those queued behind it are dropped, and the interrupt propagates."""
-    loaded: queue.Queue = queue.Queue(maxsize=read_ahead)
-    finished: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
+    """Every task through the engine: the next files decode while the model runs, and the previous
+    result is encoded and written meanwhile. Outcomes come in task order; on an interrupt the file
+    being written is finished (atomically), those queued behind it are dropped, and the interrupt
+    propagates. No more than about two full-size outputs exist at once (a 4000x3000 photo at x4 is
+    576 MB in 8 bits): a result of 256 MB or more is written before the next picture is upscaled."""
     outcomes: list[Outcome] = []
-    writer_error: list[BaseException] = []
 
-    def reader() -> None:
-        try:
-            for task in tasks:
-                if stop.is_set():
-                    break
-                loaded.put((task, time.perf_counter(), load(task, settings)))
-        except BaseException as exc:  # surfaced in the calling thread
-            loaded.put(_Failed(exc))
-        loaded.put(None)
+    def source() -> Iterator[tuple[Task, float, Picture | Outcome]]:
+        for task in tasks:
+            yield task, time.perf_counter(), load(task, settings)
 
-    def writer() -> None:
-        try:
-            while (item := finished.get()) is not None:
-                task, start, result = item
-                outcome = save(task, result, settings) if isinstance(result, Picture) else result
-                outcome.seconds = time.perf_counter() - start
-                outcomes.append(outcome)
-                if on_outcome:
-                    on_outcome(outcome)
-                finished.task_done()
-        except BaseException as exc:
-            writer_error.append(exc)
-        finally:
-            stop.set()
+    def compute(items: list[tuple[Task, float, Picture | Outcome]]) -> list[tuple[Task, float, Picture | Outcome]]:
+        task, start, picture = items[0]
+        if isinstance(picture, Picture):
+            if on_start:
+                on_start(task, tiles_for(pipeline, picture, settings.alpha_mode == "model"))
+            picture = compute_one(task, picture, pipeline, settings, on_tile)
+        return [(task, start, picture)]
 
-    threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
-    for thread in threads:
-        thread.start()
-    try:
-        while (item := loaded.get()) is not None:
-            if isinstance(item, _Failed):
-                raise item.exc
-            if writer_error:
-                raise writer_error[0]
-            task, start, picture = item
-            if isinstance(picture, Picture):
-                if on_start:
-                    on_start(task, tiles_for(pipeline, picture, settings.alpha_mode == "model"))
-                picture = compute(task, picture, pipeline, settings, on_tile)
-            finished.put((task, start, picture))
-            if isinstance(picture, Picture) and picture.pixels.nbytes >= _LARGE_RESULT:
-                while finished.unfinished_tasks and threads[1].is_alive():  # written before the next one grows
-                    time.sleep(0.01)
-        finished.put(None)
-        threads[1].join()
-        if writer_error:
-            raise writer_error[0]
-    finally:
-        stop.set()
-        while threads[0].is_alive():  # let the reader see the stop and end
-            try:
-                loaded.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        if threads[1].is_alive():
-            try:
-                while True:  # drop what waits to be written, then let the writer finish its file
-                    finished.get_nowait()
-            except queue.Empty:
-                pass
-            finished.put(None)
-            threads[1].join()
+    def sink(item: tuple[Task, float, Picture | Outcome]) -> None:
+        task, start, result = item
+        outcome = save(task, result, settings) if isinstance(result, Picture) else result
+        outcome.seconds = time.perf_counter() - start
+        outcomes.append(outcome)
+        if on_outcome:
+            on_outcome(outcome)
+
+    def weigh(item: tuple[Task, float, Picture | Outcome]) -> int:
+        result = item[2]
+        return result.pixels.nbytes + (0 if result.alpha is None else result.alpha.nbytes) if isinstance(result, Picture) else 0
+
+    run_stages(source(), Stages(compute, sink, read_ahead=read_ahead, write_behind=1, weigh=weigh))
     return outcomes

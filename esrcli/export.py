@@ -207,7 +207,7 @@ def check_images(picture: tuple[str, np.ndarray] | None = None) -> list[tuple[st
     """The (name, RGB uint8) picture to compare on, default the test card, and a small odd crop of it:
     sizes the export never saw, one small enough for EFDN's padded attention branch."""
     name, image = picture or ("test card", check_card())
-    return [(name, image), (f"{name} (11x13 crop)", np.ascontiguousarray(image[:11, :13]))]
+    return [(name, image), (f"{name} (13x11 crop)", np.ascontiguousarray(image[:11, :13]))]  # W x H, as every size esr prints
 
 
 # --- ONNX ------------------------------------------------------------------------------------

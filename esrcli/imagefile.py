@@ -211,10 +211,36 @@ def _decode(name: str, im: Image.Image) -> Picture:
     pixels, alpha = arrays
     pixels = _orient(pixels, orientation)
     alpha = None if alpha is None else _orient(alpha, orientation)
-    icc = im.info.get("icc_profile") or None
-    if icc is not None and _icc_space(icc) != (b"RGB " if pixels.shape[2] == 3 else b"GRAY"):
-        icc = None
+    icc = _fitting_icc(im, pixels.shape[2])
     return Picture(pixels=pixels, alpha=alpha, icc_profile=icc, exif=exif, format=fmt)
+
+
+def picture_from_pil(im: Image.Image, *, name: str = "<PIL image>", exif_transpose: bool = True) -> Picture:
+    """An open PIL image as `read_image` would give it from its file: one frame only, EXIF orientation
+    applied (and reset in the EXIF kept), the ICC profile kept where it fits the pixels."""
+    _check_single_frame(name, im)
+    try:
+        tiff_orientation = _valid_orientation(im.getexif().get(_ORIENTATION)) if im.format == "TIFF" else 1
+        im.load()
+        orientation, exif = _exif_of(im, tiff_orientation) if exif_transpose else (1, None)
+        if im.format == "TIFF" and _ORIENTATION not in getattr(im, "tag_v2", {}):
+            orientation = 1  # already applied by Pillow's loader
+        pixels, alpha = pil_arrays(name, im)
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a lazily loaded image may fail to decode only now
+        raise ImageError(name, f"cannot read image ({e or type(e).__name__})") from e
+    pixels, alpha = _orient(pixels, orientation), None if alpha is None else _orient(alpha, orientation)
+    icc = _fitting_icc(im, pixels.shape[2])
+    return Picture(
+        pixels=np.ascontiguousarray(pixels), alpha=None if alpha is None else np.ascontiguousarray(alpha), icc_profile=icc, exif=exif
+    )
+
+
+def _fitting_icc(im: Image.Image, channels: int) -> bytes | None:
+    """The image's ICC profile if it describes pixels like ours (an RGB profile on grey pixels is dropped)."""
+    icc = im.info.get("icc_profile") or None
+    return icc if icc is not None and _icc_space(icc) == (b"RGB " if channels == 3 else b"GRAY") else None
 
 
 def _pil_reason(e: OSError) -> str:

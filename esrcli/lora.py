@@ -19,14 +19,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .archs.blocks import Reparameterizable
+from .errors import EsrError
 from .train.config import DSCLORA_GROUPS as DEFAULT_GROUPS
+
+
+class LoRAError(EsrError, ValueError):
+    """Adapters that cannot be placed on (or merged into) a network."""
 
 
 class ConvLoRA(Reparameterizable):
     def __init__(self, conv: nn.Conv2d, rank: int, alpha: float) -> None:
         super().__init__()
         if conv.groups != 1 or conv.kernel_size[0] != conv.kernel_size[1]:
-            raise ValueError("ConvLoRA needs a dense conv with a square kernel")
+            raise LoRAError("ConvLoRA needs a dense conv with a square kernel")
         k = conv.kernel_size[0]
         self.conv = conv.requires_grad_(False)
         self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
@@ -76,7 +81,11 @@ def add_lora(network: nn.Module, groups: Sequence[LoRAGroup] = DSCLORA_GROUPS) -
         setattr(parent, attr, ConvLoRA(module, group.rank, group.alpha))
         wrapped.append(name)
     if not wrapped:
-        raise ValueError(f"no conv matches the LoRA patterns {[g.pattern for g in groups]}")
+        arch = getattr(network, "arch", type(network).__name__)
+        raise LoRAError(
+            f"the {arch} network has no conv that the LoRA placement {[g.pattern for g in groups]} names: DSCLoRA's placement "
+            "is for SPAN-family students (span, span-tiny, esr-tiny...); pick one as --student, or give [lora] groups that match this network"
+        )
     return wrapped
 
 
@@ -132,7 +141,7 @@ def taps(network: nn.Module, patterns: Sequence[str]) -> Iterator[dict[str, Tens
     outputs: dict[str, Tensor] = {}
     names = set(tapped(network, patterns))
     if patterns and not names:
-        raise ValueError(f"no module matches the distillation taps {list(patterns)}")
+        raise LoRAError(f"no module matches the distillation taps {list(patterns)}")
     handles = [
         module.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
         for name, module in network.named_modules()

@@ -5,7 +5,15 @@ Light on purpose (no numpy, no Pillow): the CLI's options are built from it befo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from .errors import EsrError
+
+
+class OutputNameError(EsrError, ValueError):
+    """User text that would carry an output out of the folder the user chose."""
+
 
 # Formats esr writes, by --format name, with the suffix a new file gets.
 FORMATS: dict[str, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
@@ -32,6 +40,22 @@ def format_for_suffix(suffix: str) -> str | None:
     if s and not s.startswith("."):
         s = "." + s
     return _WRITABLE.get(s)
+
+
+def check_name_part(text: str, option: str) -> str:
+    """`text` (a --suffix, a model name...) as part of a file name: no folder separator and no "..",
+    so an output can only land in the folder the user named."""
+    separators = {"/", "\\", os.sep, *([os.altsep] if os.altsep else [])}
+    bad = [c for c in sorted(separators) if c in text]
+    if bad or ".." in text or "\0" in text:
+        what = f"a path separator ({bad[0]!r})" if bad else ("'..'" if ".." in text else "a NUL character")
+        raise OutputNameError(f"{option} {text!r}: contains {what}; it becomes part of a file name, so it may not name a folder")
+    return text
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, once resolved (symlinks and ".." followed), lies in `folder`."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def writable_suffixes() -> list[str]:

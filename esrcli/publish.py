@@ -7,6 +7,7 @@ the commit it returns is what a registry entry pins.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,10 @@ def _toml(text: str) -> str:
 
 
 def weights_name(source: ExportSource) -> str:
-    return f"{source.name}-x{source.network.scale}.safetensors"
+    """The weight file's name in the repo and in --to-folder: the model name with anything that could
+    name a folder (a separator, "..") replaced, since registry names come from a user-editable file."""
+    safe = re.sub(r"[^\w.+-]+", "-", source.name).replace("..", "-").strip(".-") or "model"
+    return f"{safe}-x{source.network.scale}.safetensors"
 
 
 def model_card(

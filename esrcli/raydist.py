@@ -25,7 +25,8 @@ from typing import Any
 
 from .batch import Outcome, Settings, Task, process
 from .errors import EsrError
-from .video import SegmentWork, VideoJob, VideoResult, encode_span, finish_video, missing_runs, prepare_video
+from .tiling import TilePlan
+from .video import SegmentWork, VideoError, VideoJob, VideoResult, encode_span, finish_video, missing_runs, prepare_video, resume_hint
 
 MAX_ATTEMPTS = 3  # a task whose worker died this many times is reported as failed
 
@@ -42,10 +43,8 @@ class WorkerSpec:
     device: str  # "auto": a worker with a GPU uses it
     precision: str
     scale: float | None
-    tile: int | None
-    overlap: int | None
-    batch: int | None
-    threads: int  # torch threads of a CPU worker
+    tiling: dict[int, TilePlan]  # the driver's tile plan per pass (Pipeline.tiling)
+    threads: int  # torch threads of a CPU worker: the driver's, so that the rounding is the same
 
 
 @dataclass
@@ -53,6 +52,13 @@ class ClusterReport:
     workers: int = 0
     gpus: int = 0
     retried: list[str] = field(default_factory=list)  # tasks whose worker died, in the order it happened
+
+
+def check_device(device: str) -> None:
+    """Ray numbers each worker's GPUs from 0 (it sets CUDA_VISIBLE_DEVICES per actor), so a driver-side
+    index means nothing there: refuse it before any work."""
+    if device.strip().lower().startswith("cuda:"):
+        raise ClusterError(f"--device {device} with --ray: Ray gives each worker its own GPU; use --device cuda (or auto)")
 
 
 def connect(address: str) -> Any:
@@ -131,7 +137,7 @@ def _worker_class(ray: Any) -> Any:
             if spec.threads:
                 torch.set_num_threads(spec.threads)
             self.model = Model(spec.model, scale=spec.scale, device=spec.device, precision=spec.precision)
-            self.pipeline = self.model.pipeline(spec.scale, tile=spec.tile, overlap=spec.overlap, batch=spec.batch)
+            self.pipeline = self.model.pipeline(spec.scale, tiling=spec.tiling)
 
         def pid(self) -> int:
             return os.getpid()
@@ -158,8 +164,10 @@ class Pool:
             self.options = {"num_gpus": 1, "num_cpus": 1}
             count = gpus
         else:
+            # Each worker runs with the driver's thread count (spec.threads), whatever its share of the CPUs:
+            # a convolution's rounding depends on it, and outputs must equal a local run's.
             cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-            count = max(1, workers or cpus)
+            count = max(1, workers or cpus // max(1, spec.threads))
             self.options = {"num_cpus": max(1, cpus // count)}
             self.spec = replace(spec, threads=spec.threads or max(1, cpus // count), device="cpu" if spec.device == "auto" else spec.device)
         self.actor_class = ray.remote(max_restarts=0, max_task_retries=0)(_worker_class(ray))
@@ -180,7 +188,9 @@ class Pool:
     def pids(self) -> list[int]:
         return self.ray.get([a.pid.remote() for a in self.actors])
 
-    def run(self, jobs: list[Any], call: Callable[[Any, Any], Any], name: Callable[[Any], str], on_result: Callable[[int, Any], None]) -> None:
+    def run(
+        self, jobs: list[Any], call: Callable[[Any, Any], Any], name: Callable[[Any], str], on_result: Callable[[int, Any], None]
+    ) -> None:
         """Every job through `call(actor, job)`, one at a time per actor; `on_result(position, result)` as
         they finish, where a result is an exception when the job could not be done."""
         ray = self.ray
@@ -295,5 +305,9 @@ def upscale_video(
         if pool is not None:
             pool.close()
     if failures:
-        raise failures[0] if isinstance(failures[0], EsrError) else ClusterError(" ".join(str(failures[0]).split()))
+        first = failures[0] if isinstance(failures[0], EsrError) else ClusterError(" ".join(str(failures[0]).split()))
+        if not manifest.segments:
+            shutil.rmtree(work.folder, ignore_errors=True)
+            raise first
+        raise VideoError(f"{first}; {resume_hint(work.folder, manifest)}") from failures[0]
     return finish_video(job, work, manifest, resumed), pool.report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import EsrError
-from .tiling import Upscaler
+from .tiling import TilePlan, Upscaler
 
 MAX_SCALE = 16
 # The final resample may enlarge by at most this much; past it another model pass (then a reduction)
@@ -75,6 +76,8 @@ class ScalePlan:
 
 
 def check_scale(target: float) -> float:
+    if isinstance(target, bool) or not isinstance(target, numbers.Real):
+        raise ScaleError(f"scale must be a number greater than 1, not {target!r}")
     if not (math.isfinite(target) and target > 1):
         raise ScaleError(f"scale must be a number greater than 1, not {target:g}")
     if target > MAX_SCALE:
@@ -170,8 +173,16 @@ class Pipeline:
         return [resample(u, size) for u in ups]
 
     @property
-    def frames_per_call(self) -> int:
-        return self.upscalers[self.plan.passes[0]].plan.batch if len(self.plan.passes) == 1 else 1
+    def tiling(self) -> dict[int, TilePlan]:
+        """The tile plan of every pass, by model scale: what a worker elsewhere needs to cut tiles the same way."""
+        return {s: u.plan for s, u in self.upscalers.items()}
+
+    def frames_per_call(self, height: int, width: int) -> int:
+        """Whole frames of this size per forward call (video batches what is ready, up to this)."""
+        first = self.upscalers[self.plan.passes[0]]
+        if len(self.plan.passes) > 1 or first.count_tiles(height, width) > 1:
+            return 1
+        return first.plan.per_call(height * width)
 
     def count_tiles(self, height: int, width: int) -> int:
         total = 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,21 +28,63 @@ import torch
 from torch import nn
 
 from .device import memory_format
+from .errors import EsrError
 
 OutOfMemory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
-ReadFn = Callable[[int, int, int, int], np.ndarray]
-"""read(y0, y1, x0, x1) -> float32 (h, w, C) in [0, 1]: an LR window of the source."""
-WriteFn = Callable[[int, int, np.ndarray], None]
-"""write(row0, row1, rows): finished output rows, float32 (rows, W*s, C) in [0, 1]; `rows` is a
-view of the strip buffer, valid only during the call (it may be modified in place)."""
+ReadFn = Callable[[int, int, int, int], torch.Tensor]
+"""read(y0, y1, x0, x1) -> float32 (h, w, C) in [0, 1] on the device: an LR window of the source."""
+WriteFn = Callable[[int, int, torch.Tensor], None]
+"""write(row0, row1, rows): finished output rows, float32 (rows, W*s, C) in [0, 1] on the device; `rows`
+is a view of the strip buffer, valid only during the call (it may be modified in place)."""
 
 
 @dataclass(frozen=True)
 class TilePlan:
     tile: int  # core size in LR pixels; 0 = the whole image in one tile
     overlap: int  # context added on each side, in LR pixels
-    batch: int  # tiles per forward call, at most
+    batch: int  # tiles (or whole frames) per forward call, at most
+    whole: int = 0  # an image of at most this many LR pixels runs whole, whatever its sides (planned, not --tile)
+
+    def grid(self, height: int, width: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The row and column spans of an image's tile cores: a planned budget takes the grid that does
+        the least work (overlap included) with every tile within it; --tile cuts cores of that size."""
+        if height * width <= self.whole:
+            return [(0, height)], [(0, width)]
+        if self.whole:
+            rows, cols = least_work_grid(height, width, self.overlap, self.whole)
+            return even_spans(height, rows), even_spans(width, cols)
+        return spans(height, self.tile), spans(width, self.tile)
+
+    def per_call(self, pixels: int) -> int:
+        """Tiles or whole images of this many LR pixels per forward call: the batch, within the pixel
+        budget when the plan has one."""
+        return max(1, min(self.batch, self.whole // max(1, pixels))) if self.whole else self.batch
+
+
+# Below this core size (or the overlap, if larger) the context computed around each tile dominates:
+# a tile of t pixels with overlap o costs ((t + 2o) / t)^2 times its share, 9x at t = o.
+MIN_TILE = 32
+
+
+class TilingError(EsrError, ValueError):
+    """Tile, overlap or batch settings that cannot work or would only waste time."""
+
+
+def check_tiling(tile: int | None, overlap: int | None, batch: int | None) -> None:
+    """Refuse settings before any work; `overlap` is the one that will be used (None: not known yet)."""
+    for name, value, least in (("tile", tile, 0), ("overlap", overlap, 0), ("batch", batch, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
+            raise TilingError(
+                f"{name} {value!r}: must be a whole number of at least {least}" + (" (0 = the whole image)" if name == "tile" else "")
+            )
+    smallest = max(MIN_TILE, overlap or 0)
+    if tile and overlap is not None and tile < smallest:
+        cost = ((tile + 2 * overlap) / tile) ** 2
+        raise TilingError(
+            f"tile {tile}: below the smallest useful tile, {smallest} px; each tile also computes {overlap} px of overlap "
+            f"on every side, so a tile this small does {cost:.0f}x the work; use {smallest} or more, or 0 for the whole image"
+        )
 
 
 def receptive_radius(network: nn.Module) -> int:
@@ -89,26 +132,56 @@ def available_memory(device: torch.device) -> int:
         return 4 << 30
 
 
-def auto_plan(network: nn.Module, scale: int, device: torch.device, dtype: torch.dtype, overlap: int | None = None) -> TilePlan:
-    """Tile and batch sizes from free memory and a per-pixel activation estimate.
+# On a CPU the forward's time per pixel is flat up to about this many pixels and grows beyond (the
+# feature maps leave the caches): benchmarks/tile_sizes.py.
+CPU_SPEED_PIXELS = 512 * 512
 
-    A forward pass keeps a handful of feature maps of the widest layer alive (SPAN's tail
-    concatenates four) plus the pixel-shuffle input and the output: about 12 maps of the
-    widest width per LR pixel, which over-estimates slightly, on purpose. Images smaller than
-    the tile run whole.
+
+def auto_plan(network: nn.Module, scale: int, device: torch.device, dtype: torch.dtype, overlap: int | None = None) -> TilePlan:
+    """A plan chosen for speed within the memory budget: images run whole whenever they fit, and only
+    larger ones are tiled, in the fewest tiles that fit (each tile also computes its overlap, so more,
+    smaller tiles only add work).
+
+    The budget: a forward pass keeps a handful of feature maps of the widest layer alive (SPAN's tail
+    concatenates four) plus the pixel-shuffle input and the output, about 12 maps of the widest width
+    per LR pixel (an over-estimate, on purpose), in a quarter of free memory on a CPU and half on a GPU.
+    On a CPU the budget is also capped where the time per pixel starts to grow.
     """
     overlap = default_overlap(network) if overlap is None else overlap
     widest = max((m.out_channels for m in network.modules() if isinstance(m, nn.Conv2d)), default=64)
     per_pixel = torch.finfo(dtype).bits // 8 * (12 * widest + 2 * 3 * scale * scale)
     share = 0.25 if device.type == "cpu" else 0.5
-    pixels = available_memory(device) * share / per_pixel
+    budget = int(available_memory(device) * share / per_pixel)
     if device.type == "cpu":
-        # Measured (benchmarks/upscale.py): tiles of 256-512 run fastest on a CPU and batching
-        # slows it down, so take the small end and one tile per call: memory stays small.
-        return TilePlan(int(max(64, min(256, math.isqrt(int(pixels)) - 2 * overlap))), overlap, 1)
-    tile = int(max(64, min(2048, math.isqrt(int(pixels)) - 2 * overlap)))
-    batch = int(max(1, min(16, pixels // (tile + 2 * overlap) ** 2)))
-    return TilePlan(tile, overlap, batch)
+        budget = min(budget, CPU_SPEED_PIXELS)
+    budget = max(budget, (MIN_TILE * 2 + 2 * overlap) ** 2)
+    tile = max(MIN_TILE * 2, math.isqrt(budget) - 2 * overlap)
+    # A CPU gains nothing from batching (measured, benchmarks/upscale.py); a GPU takes as many whole
+    # frames or tiles per call as the budget holds (TilePlan.per_call), up to 64.
+    return TilePlan(tile, overlap, 1 if device.type == "cpu" else 64, whole=budget)
+
+
+def least_work_grid(height: int, width: int, overlap: int, budget: int) -> tuple[int, int]:
+    """(rows, cols) of near-equal tiles, each within `budget` pixels with its overlap, computing the fewest
+    pixels in all; tiles keep at least MIN_TILE core pixels a side (the budget gives way if it must)."""
+    best: tuple[int, int, int] | None = None
+    for rows in range(1, max(1, height // MIN_TILE) + 1):
+        tile_h = -(-height // rows) + (2 * overlap if rows > 1 else 0)
+        room = budget // tile_h  # the widest tile that fits
+        for cols in range(1, max(1, width // MIN_TILE) + 1):
+            tile_w = -(-width // cols) + (2 * overlap if cols > 1 else 0)
+            if tile_w <= room or cols == max(1, width // MIN_TILE):
+                work = rows * cols * tile_h * tile_w + (0 if tile_w <= room else budget * rows * cols)  # over budget: last resort
+                if best is None or work < best[0]:
+                    best = (work, rows, cols)
+                break
+    assert best is not None
+    return best[1], best[2]
+
+
+def even_spans(length: int, parts: int) -> list[tuple[int, int]]:
+    size = -(-length // parts)
+    return [(i * size, min((i + 1) * size, length)) for i in range(parts) if i * size < length]
 
 
 def spans(length: int, tile: int) -> list[tuple[int, int]]:
@@ -146,23 +219,33 @@ def blend_tiles(
     channels: int,
     scale: int,
     plan: TilePlan,
+    device: torch.device,
     context: int = 0,
     on_tile: Callable[[int], None] | None = None,
 ) -> None:
-    """Run `infer` over the tiles of an LR image and stream blended output rows to `write`.
+    """Run `infer` over the tiles of an LR image and stream blended output rows to `write`, all on `device`.
 
-    `infer` maps a float (B, C, h, w) batch to (B, C, h*s, w*s) on the CPU. `context` is the
-    network's exact reach (exact_context); when the overlap covers it, tile edges get no weight.
+    `read(y0, y1, x0, x1)` gives an LR window as float32 (h, w, C) in 0..1 on `device`; `infer` maps a
+    float32 (B, C, h, w) batch to (B, C, h*s, w*s) in 0..1 on `device`. `context` is the network's exact
+    reach (exact_context); when the overlap covers it, tile edges get no weight.
     """
     ov, s = plan.overlap, scale
     dead = context if 0 < context <= ov else 0
     fade = 2 * (ov - dead) * s  # the ramp between two tiles' exact outputs
-    rows, cols = spans(height, plan.tile), spans(width, plan.tile)
+    rows, cols = plan.grid(height, width)
     out_w = width * s
     # One strip buffer for the whole run: the tallest tile row plus the band it shares with the last.
     strip = max(min(height, y1 + ov) - max(0, y0 - ov) for y0, y1 in rows) * s
-    acc = np.zeros((strip, out_w, channels), np.float32)
-    wsum = np.zeros((strip, out_w, 1), np.float32)
+    acc = torch.zeros((strip, out_w, channels), dtype=torch.float32, device=device)
+    wsum = torch.zeros((strip, out_w, 1), dtype=torch.float32, device=device)
+    ramps: dict[tuple[int, bool, bool], torch.Tensor] = {}
+
+    def weights(length: int, at_start: bool, at_end: bool) -> torch.Tensor:
+        key = (length, at_start, at_end)
+        if key not in ramps:
+            ramps[key] = torch.from_numpy(ramp(length, fade, at_start, at_end, dead * s)).to(device)
+        return ramps[key]
+
     top = 0  # output row held in acc[0]
     filled = 0  # rows of acc in use
     for r, (y0, y1) in enumerate(rows):
@@ -171,14 +254,15 @@ def blend_tiles(
         acc[filled:need] = 0.0
         wsum[filled:need] = 0.0
         filled = need
-        wy = ramp((ey1 - ey0) * s, fade, ey0 == 0, ey1 == height, dead * s)[:, None, None]
+        wy = weights((ey1 - ey0) * s, ey0 == 0, ey1 == height)[:, None, None]
         offset = ey0 * s - top
         boxes = [(ey0, ey1, max(0, x0 - ov), min(width, x1 + ov)) for x0, x1 in cols]
-        for group in _batches(boxes, plan.batch):
-            x = torch.from_numpy(np.stack([read(*b) for b in group])).permute(0, 3, 1, 2)
-            y = infer(x).permute(0, 2, 3, 1).numpy()
+        per_call = plan.per_call((boxes[0][1] - boxes[0][0]) * (boxes[0][3] - boxes[0][2]))
+        for group in _batches(boxes, per_call):
+            x = torch.stack([read(*b) for b in group]).permute(0, 3, 1, 2)
+            y = infer(x).permute(0, 2, 3, 1)
             for (_, _, bx0, bx1), tile_out in zip(group, y):
-                weight = wy * ramp((bx1 - bx0) * s, fade, bx0 == 0, bx1 == width, dead * s)[None, :, None]
+                weight = wy * weights((bx1 - bx0) * s, bx0 == 0, bx1 == width)[None, :, None]
                 region = np.s_[offset : offset + tile_out.shape[0], bx0 * s : bx1 * s]
                 acc[region] += tile_out * weight
                 wsum[region] += weight
@@ -187,12 +271,11 @@ def blend_tiles(
         # Rows above the next tile row's reach are final: normalise them in place and hand them on.
         done = max((rows[r + 1][0] - ov) * s if r + 1 < len(rows) else height * s, top)
         n = done - top
-        for c0 in range(0, n, 64):  # in chunks, so no strip-sized temporaries
-            c1 = min(n, c0 + 64)
-            acc[c0:c1] /= np.maximum(wsum[c0:c1], 1e-12)
-            write(top + c0, top + c1, acc[c0:c1])
-        acc[: filled - n] = acc[n:filled]
-        wsum[: filled - n] = wsum[n:filled]
+        if n:
+            acc[:n] /= wsum[:n].clamp_min(1e-12)
+            write(top, done, acc[:n])
+        acc[: filled - n] = acc[n:filled].clone()
+        wsum[: filled - n] = wsum[n:filled].clone()
         filled -= n
         top = done
 
@@ -210,44 +293,52 @@ def _batches(boxes: list[tuple[int, int, int, int]], limit: int) -> list[list[tu
     return groups
 
 
-class Upscaler:
-    """A network plus the policies around each forward: precision fallback and memory retries.
+_TORCH_PIXELS = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16, np.dtype(np.float32): torch.float32}
 
-    A tile that runs out of memory is split (batch first, then the tile itself, recursively
-    tiled at half the size); a half-precision tile that comes back with NaN or inf is
-    recomputed in fp32. The retried result always replaces the failed one: nothing stale is
-    ever blended.
+
+class Upscaler:
+    """A network plus what surrounds each forward: pixels to and from the device, tiles, precision
+    fallback and memory retries.
+
+    Pixels cross to the device as integers (uint8, uint16) and come back as integers: the conversion
+    to floats, normalisation, blending, clamping and rounding are torch ops on the network's device, so
+    the host never holds a float copy of an image. A tile that runs out of memory is split (batch
+    first, then the tile itself, recursively tiled at half the size); a half-precision tile that comes
+    back with NaN or inf is recomputed, alone, by the fp32 network (`fp32`: the model's weights in
+    fp32 as loaded, not widened from the half-precision ones). The retried result always replaces the
+    failed one: nothing stale is ever blended.
     """
 
-    def __init__(self, network: nn.Module, scale: int, plan: TilePlan) -> None:
+    def __init__(self, network: nn.Module, scale: int, plan: TilePlan, fp32: nn.Module | None = None) -> None:
         self.network = network
         self.scale = scale
         self.plan = plan
         self.context = exact_context(network)
         param = next(network.parameters())
         self.device, self.dtype = param.device, param.dtype
-        self._fp32: nn.Module | None = None
-        self.retries = {"oom": 0, "fp32": 0}
+        self._fp32 = fp32
+        self.retries = {"oom": 0, "fp32": 0}  # fp32: tiles (or whole frames) redone in fp32
 
     def _fp32_network(self) -> nn.Module:
-        if self._fp32 is None:
+        if self._fp32 is None:  # only when no fp32 weights were given: the best that can be done
             self._fp32 = copy.deepcopy(self.network).float()
         return self._fp32
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) float CPU, C in {1, 3} -> (B, C, h*s, w*s) float32 CPU."""
+        """(B, C, h, w) float32 in 0..1 on the device, C in {1, 3} -> (B, C, h*s, w*s) float32 in 0..1."""
         grey = x.shape[1] == 1
         batch = x.expand(-1, 3, -1, -1) if grey else x
-        batch = batch.to(self.device, self.dtype).contiguous(memory_format=memory_format(self.device))
-        y = self.network(batch)
-        if self.dtype != torch.float32 and not torch.isfinite(y).all():
-            self.retries["fp32"] += 1
-            y = self._fp32_network()(batch.float())
+        y = self.network(batch.to(self.dtype).contiguous(memory_format=memory_format(self.device)))
+        if self.dtype != torch.float32:
+            bad = ~torch.isfinite(y).flatten(1).all(dim=1)
+            if bool(bad.any()):  # only the tiles that overflowed, from the fp32 input, in true fp32
+                y = y.float()
+                redo = bad.nonzero().flatten()
+                self.retries["fp32"] += int(redo.numel())
+                y[redo] = self._fp32_network()(batch[redo].contiguous(memory_format=memory_format(self.device)))
         y = y.float().clamp_(0.0, 1.0)
-        if grey:
-            y = y.mean(dim=1, keepdim=True)
-        return y.cpu()
+        return y.mean(dim=1, keepdim=True) if grey else y
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         try:
@@ -268,17 +359,47 @@ class Upscaler:
         return self._retile(x[0], TilePlan(tile, self.plan.overlap, 1))[None]
 
     def _retile(self, image: torch.Tensor, plan: TilePlan) -> torch.Tensor:
-        """Upscale one (C, h, w) tile by tiling it again, smaller."""
+        """Upscale one (C, h, w) float tile by tiling it again, smaller."""
         c, h, w = image.shape
-        hwc = image.permute(1, 2, 0).numpy()
-        out = np.empty((h * self.scale, w * self.scale, c), np.float32)
+        hwc = image.permute(1, 2, 0)
+        out = torch.empty((h * self.scale, w * self.scale, c), dtype=torch.float32, device=image.device)
 
-        def write(r0: int, r1: int, rows: np.ndarray) -> None:
+        def write(r0: int, r1: int, rows: torch.Tensor) -> None:
             out[r0:r1] = rows
 
         blend_tiles(lambda y0, y1, x0, x1: hwc[y0:y1, x0:x1], write, self.infer, height=h, width=w, channels=c, scale=self.scale,
-                    plan=plan, context=self.context)  # fmt: skip
-        return torch.from_numpy(out).permute(2, 0, 1)
+                    plan=plan, device=image.device, context=self.context)  # fmt: skip
+        return out.permute(2, 0, 1)
+
+    # --- integers in, integers out -------------------------------------------------------
+
+    def _upload(self, pixels: np.ndarray) -> torch.Tensor:
+        """An (.., H, W, C) host array on the device, as it is (integers stay integers)."""
+        if pixels.dtype not in _TORCH_PIXELS:
+            raise ValueError(f"pixels must be uint8, uint16 or float32, not {pixels.dtype}")
+        if self.device.type != "cuda":
+            return torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        # Through page-locked memory (torch's caching host allocator reuses it, and keeps a block
+        # from being reused while a copy from it is in flight), so the copy runs asynchronously.
+        host = torch.empty(pixels.shape, dtype=_TORCH_PIXELS[pixels.dtype], pin_memory=True)
+        host.numpy()[...] = pixels
+        return host.to(self.device, non_blocking=True)
+
+    def _quantise(self, y: torch.Tensor, out_dtype: np.dtype) -> torch.Tensor:
+        """Float 0..1 -> out_dtype's range, rounded half to even and cast, on the device."""
+        out_dtype = np.dtype(out_dtype)
+        if out_dtype.kind == "f":
+            return y.to(_TORCH_PIXELS[out_dtype])
+        return y.mul(full_scale(out_dtype)).round_().to(_TORCH_PIXELS[out_dtype])
+
+    def _download(self, y: torch.Tensor) -> np.ndarray:
+        """Device integers to a host array of their own (on CUDA, page-locked: the array keeps its block)."""
+        if self.device.type != "cuda":
+            return y.cpu().numpy()
+        host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+        host.copy_(y, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return host.numpy()
 
     def upscale_frames(self, frames: list[np.ndarray], out_dtype: np.dtype) -> list[np.ndarray]:
         """Several whole frames in one forward call when each fits in a single tile (small video
@@ -286,26 +407,19 @@ class Upscaler:
         h, w, c = frames[0].shape
         if self.count_tiles(h, w) > 1:
             return [self.upscale(f, np.empty((h * self.scale, w * self.scale, c), out_dtype)) for f in frames]
-        x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / full_scale(frames[0].dtype)
-        y = self.infer(x).permute(0, 2, 3, 1).numpy()
-        if np.dtype(out_dtype).kind == "f":
-            return list(y.astype(out_dtype, copy=False))
-        y *= full_scale(out_dtype)
-        return list(np.rint(y, out=y).astype(out_dtype))
+        x = self._upload(np.stack(frames)).permute(0, 3, 1, 2).float() / full_scale(frames[0].dtype)
+        y = self.infer(x).permute(0, 2, 3, 1)
+        return list(self._download(self._quantise(y, out_dtype)))
 
     def count_tiles(self, height: int, width: int) -> int:
-        return len(spans(height, self.plan.tile)) * len(spans(width, self.plan.tile))
+        rows, cols = self.plan.grid(height, width)
+        return len(rows) * len(cols)
 
     def upscale(self, pixels: np.ndarray, out: np.ndarray, on_tile: Callable[[int], None] | None = None) -> np.ndarray:
         """Upscale an (H, W, C) uint8/uint16 (or float32 in 0..1) array into the preallocated
-        (H*s, W*s, C) `out` of any of those types.
-
-        Inputs are normalised per tile and outputs quantised per strip, so 16-bit data never
-        passes through 8 bits and no full-size float array is made for integer outputs.
-        """
+        (H*s, W*s, C) `out` of any of those types: the image goes to the device as it is, tiles are
+        blended there, and finished output rows come back quantised, strip by strip."""
         h, w, c = pixels.shape
-        in_max, out_max = full_scale(pixels.dtype), full_scale(out.dtype)
-        rounds = out.dtype.kind != "f"
         if out.shape != (h * self.scale, w * self.scale, c):
             raise ValueError(f"output array {out.shape} does not fit {pixels.shape} x{self.scale}")
         if self.count_tiles(h, w) == 1:  # one tile: nothing to blend
@@ -313,16 +427,15 @@ class Upscaler:
             if on_tile:
                 on_tile(1)
             return out
+        lr = self._upload(pixels)
+        in_max = full_scale(pixels.dtype)
 
-        def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-            return pixels[y0:y1, x0:x1].astype(np.float32) / in_max
+        def read(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+            return lr[y0:y1, x0:x1].float() / in_max
 
-        def write(r0: int, r1: int, rows: np.ndarray) -> None:
-            if rounds:
-                rows *= out_max  # the strip buffer is the caller's to reuse: scale in place
-                np.rint(rows, out=rows)
-            out[r0:r1] = rows
+        def write(r0: int, r1: int, rows: torch.Tensor) -> None:
+            out[r0:r1] = self._download(self._quantise(rows, out.dtype))
 
-        blend_tiles(read, write, self.infer, height=h, width=w, channels=c, scale=self.scale, plan=self.plan, context=self.context,
-                    on_tile=on_tile)  # fmt: skip
+        blend_tiles(read, write, self.infer, height=h, width=w, channels=c, scale=self.scale, plan=self.plan, device=self.device,
+                    context=self.context, on_tile=on_tile)  # fmt: skip
         return out

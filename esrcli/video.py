@@ -14,16 +14,15 @@ equal to its average (its individual timestamps are evened out); `fps` overrides
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-import queue
 import re
 import shutil
 import subprocess
 import tempfile
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -32,6 +31,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from .atomic import atomic_write
+from .engine import Stages, run_stages
 from .errors import EsrError
 from .scaling import Pipeline, target_size
 
@@ -82,10 +82,13 @@ class VideoInfo:
         return bool(re.search(r"(9|10|12|14|16)(le|be)$", self.pix_fmt))
 
 
-def _ffmpeg(args: list[str], *, what: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+def _ffmpeg(
+    args: list[str], *, what: str, timeout: float | None = None, reason: Callable[[str], str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the bundled ffmpeg; a failure is a VideoError naming `what`, with `reason` (default: the most telling line)."""
     proc = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", *args], capture_output=True, timeout=timeout)
     if proc.returncode != 0:
-        raise VideoError(f"{what}: {_ffmpeg_reason(proc.stderr.decode(errors='replace'))}")
+        raise VideoError(f"{what}: {(reason or _ffmpeg_reason)(proc.stderr.decode(errors='replace'))}")
     return proc
 
 
@@ -101,6 +104,9 @@ def _ffmpeg_reason(stderr: str) -> str:
         "moov atom not found",
         "No space left",
         "Permission denied",
+        "out of range",  # an option value the encoder refuses, with its range: "Value 99 for parameter 'crf' out of range [-1 - 63]"
+        "must be between",
+        "[error]",  # an encoder library's own log line ("x265 [error]: ...")
         "not currently supported",
         "Could not find tag",
         "Error",
@@ -110,6 +116,28 @@ def _ffmpeg_reason(stderr: str) -> str:
             if pattern in line:
                 return re.sub(r"^\[[^\]]+\]\s*", "", line)
     return lines[-1] if lines else "ffmpeg failed"
+
+
+def _first_line(stderr: str) -> str:
+    """ffmpeg's first complaint without its "[context @ 0x...]" prefixes: the root cause, which the later lines follow from."""
+    for line in stderr.splitlines():
+        if line := re.sub(r"^(\[[^\]]*\]\s*)+", "", line.strip()).rstrip("."):
+            return line
+    return "ffmpeg failed"
+
+
+OPEN_FAILED = re.compile(r"Error while opening encoder|Could not open encoder|Device creation failed|Error parsing global options")
+
+
+def _encoder_reason(codec: str, stderr: str) -> str:
+    """ffmpeg's complaint about an encoder; for a hardware one that cannot open here (no GPU, driver or
+    runtime), the encoder's own first line and what it needs, rather than "maybe incorrect parameters"."""
+    hw = hardware(codec)
+    if hw is not None and f"Unknown encoder '{codec}'" in stderr:
+        return f"the bundled ffmpeg has no {codec} encoder: it needs {hw.needs}"
+    if hw is not None and OPEN_FAILED.search(stderr):
+        return f"{codec} cannot be opened here ({_first_line(stderr)}): it needs {hw.needs}"
+    return _ffmpeg_reason(stderr)
 
 
 STREAM_LINE = re.compile(r"Stream #\d+:(\d+)(?:\[[^\]]*\])?(?:\([^)]*\))?: (Video|Audio|Subtitle|Data|Attachment): (\w+)(.*)")
@@ -184,33 +212,89 @@ def _timing(path: Path, info: VideoInfo) -> VideoInfo:
     if not tb_match:
         raise VideoError(f"{path}: cannot read the video timestamps")
     tb = Fraction(int(tb_match.group(1)), int(tb_match.group(2)))
-    # framecrc rows: stream, dts, pts, duration, size, checksum[, F=flags when not just "key"]; AVI stores
-    # no pts (NOPTS): use the dts
+    # framecrc rows: stream, dts, pts, duration, size, checksum[, F=flags when not just "key"][, S=side data
+    # count, then the side data (MPEG-TS: every packet)]; AVI stores no pts (NOPTS): use the dts
     rows = [line.split(",") for line in out.splitlines() if line and not line.startswith("#")]
+    flags = [int(row[6].strip()[2:], 16) if len(row) >= 7 and row[6].strip().startswith("F=") else 1 for row in rows]
+    if rows and flags[-1] & 2:  # the last packet cut short (a file cut inside it, flagged corrupt): no frame decodes from it
+        rows, flags = rows[:-1], flags[:-1]
     packets = [tuple(int(v) for v in row[1:4]) for row in rows]
     if not packets:
         raise VideoError(f"{path}: the video stream has no frames")
     pts = sorted(p if p != NOPTS else d for d, p, _ in packets)
     info.seekable = all(p != NOPTS for _, p, _ in packets)
     index_of = {t: i for i, t in enumerate(pts)}
-    key = [len(row) < 7 or int(row[6].strip().removeprefix("F="), 16) & 1 for row in rows]
-    info.keyframes = sorted(index_of[p if p != NOPTS else d] for (d, p, _), k in zip(packets, key) if k)
+    info.keyframes = sorted(index_of[p if p != NOPTS else d] for (d, p, _), f in zip(packets, flags) if f & 1)
     if pts[0] == NOPTS:
         raise VideoError(f"{path}: the video stream carries no timestamps")
-    durations = {d for *_, d in packets if d > 0}
+    _set_times(info, pts, tb, {d for *_, d in packets if d > 0})
+    return info
+
+
+def _set_times(info: VideoInfo, pts: list[int], tb: Fraction, durations: set[int]) -> None:
+    """Frame count, times, duration and rate from the sorted timestamps of the frames (in `tb` ticks)."""
     steps = {b - a for a, b in zip(pts, pts[1:]) if b > a}
     end = pts[-1] + max(durations or steps or {1})
-    info.frames = len(packets)
+    info.frames = len(pts)
     info.frame_times = [p * tb for p in pts]
     info.start = pts[0] * tb
     info.duration = (end - pts[0]) * tb
-    if len(steps | durations) == 1:
-        info.rate = 1 / (next(iter(steps | durations)) * tb)
-    elif (rate := _rounded_constant_rate(pts, tb)) is not None:
+    info.vfr = False
+    if (rate := _constant_rate(pts, tb, durations)) is not None:
         info.rate = rate
+    elif (rate := _cut_constant_rate(info, pts, tb, durations)) is not None:
+        info.rate, info.duration = rate, info.frames / rate  # the output's duration: its frames at that rate
     else:
         info.vfr = len(steps) > 1
         info.rate = (Fraction(info.frames) / info.duration).limit_denominator(1001000) if info.duration else Fraction(25)
+
+
+def _constant_rate(pts: list[int], tb: Fraction, durations: set[int]) -> Fraction | None:
+    """The rate when every frame is one step after the last (exactly, or within the container's rounding)."""
+    steps = {b - a for a, b in zip(pts, pts[1:]) if b > a}
+    if len(steps | durations) == 1:
+        return 1 / (next(iter(steps | durations)) * tb)
+    return _rounded_constant_rate(pts, tb)
+
+
+MAX_REORDER = 16  # frames a decoder may hold back (H.264/HEVC reorder at most 16): what a cut can leave out of order
+
+
+def _cut_constant_rate(info: VideoInfo, pts: list[int], tb: Fraction, durations: set[int]) -> Fraction | None:
+    """A constant rate for a file cut short (the container announces more than it holds), whose last few
+    frames lost the frames between them: those were B-frames after the cut, coded after the frame they
+    come before. The frames up to the gap keep a constant rate, and the ones after it lie on its grid."""
+    if info.declared is None:
+        return None
+    for tail in range(1, min(MAX_REORDER, len(pts) - 2) + 1):
+        rate = _constant_rate(pts[:-tail], tb, durations)
+        if rate is None:
+            continue
+        if info.declared - len(pts) / rate <= 2 / rate:
+            return None  # not short of what the container announces: a file whose last frames come late is variable-rate
+        step = 1 / (rate * tb)  # ticks per frame
+        if all(abs((p - pts[0]) - round((p - pts[0]) / step) * step) <= 1 for p in pts[-tail:]):
+            return rate
+    return None
+
+
+def _decoded_times(path: Path, info: VideoInfo, hwaccel: str = "none") -> VideoInfo:
+    """The frames a truncated input really yields, by decoding it as `encode_span` will (with its hwaccel: a
+    hardware decoder may give up on other damaged frames): what a cut left undecodable (a frame whose
+    references were lost) is not expected. Keyframes keep their times."""
+    out = _ffmpeg(["-v", "error", *_hwaccel_args(hwaccel, path, info.pix_fmt)[0], "-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough", "-enc_time_base", "demux", "-c:v", "wrapped_avframe",
+                   "-f", "framecrc", "-"], what=str(path)).stdout.decode()  # fmt: skip
+    tb_match = re.search(r"^#tb 0: (\d+)/(\d+)", out, re.M)
+    rows = [line.split(",") for line in out.splitlines() if line and not line.startswith("#")]
+    if not tb_match or not rows:
+        raise VideoError(f"{path}: no frame of its video can be decoded")
+    tb = Fraction(int(tb_match.group(1)), int(tb_match.group(2)))
+    pts = sorted(int(row[2]) for row in rows)
+    if pts[0] == NOPTS or len(set(pts)) != len(pts):
+        return info  # no usable times to map the keyframes with: the packets' account stands
+    keys = {info.frame_times[k] for k in info.keyframes}
+    _set_times(info, pts, tb, {int(row[3]) for row in rows if int(row[3]) > 0})
+    info.keyframes = [i for i, t in enumerate(info.frame_times) if t in keys]
     return info
 
 
@@ -245,29 +329,184 @@ def _rounded_constant_rate(pts: list[int], tb: Fraction) -> Fraction | None:
 @dataclass
 class EncodeSettings:
     codec: str = "libx264"
-    crf: int | None = 18
+    crf: int | None = 18  # the constant-quality factor, in the encoder's own scale (QUALITY); None: the encoder decides
     preset: str | None = None
     pix_fmt: str = "yuv420p"
     fps: Fraction | None = None  # override the output rate (every frame is kept)
     extra: list[str] = field(default_factory=list)  # passed to the encoder as they are
 
-    def encoder_args(self, info: VideoInfo) -> list[str]:
-        args = ["-c:v", self.codec, "-pix_fmt", self.pix_fmt]
+    def encoder_args(self, info: VideoInfo | None = None) -> list[str]:
+        """The encoder's ffmpeg options (after its input); `info` gives the colour description to keep."""
+        hw = hardware(self.codec)
+        upload = hw is not None and hw.upload
+        args = ["-c:v", self.codec]
+        if not upload:  # uploaded frames are in the format the filter makes
+            args += ["-pix_fmt", self.pix_fmt]
         if self.crf is not None:
-            args += ["-crf", str(self.crf)]
-            if self.codec.startswith("libvpx"):
-                args += ["-b:v", "0"]  # constant-quality mode
+            args += quality_args(self.codec, self.crf)
         if self.preset:
             args += ["-preset", self.preset]
         # Keep the source's colour description, and convert RGB to YUV with its matrix, for what it
         # declares; an undeclared part stays undeclared (ffmpeg then assumes the usual).
-        matrix, primaries, transfer = info.colorspace
-        if matrix in SCALE_MATRICES:
-            args += ["-vf", f"scale=out_color_matrix={matrix}"]
+        matrix, primaries, transfer = info.colorspace if info else (None, None, None)
+        filters = [f"scale=out_color_matrix={matrix}"] if matrix in SCALE_MATRICES else []
+        if upload:  # frames go to the GPU's memory first: the device (a global option, valid anywhere), then the upload
+            args += hw.device_args()
+            filters += [f"format={UPLOAD_FORMATS.get(self.pix_fmt, self.pix_fmt)}", "hwupload"]
+        if filters:
+            args += ["-vf", ",".join(filters)]
         for option, value in (("-colorspace", matrix), ("-color_primaries", primaries), ("-color_trc", transfer)):
             if value:
                 args += [option, value]
         return args + list(self.extra)
+
+    def check(self, dst: Path) -> None:
+        """Refuse, before any work, what the encoder would refuse late, obscurely or not at all: a --crf out of
+        its range (x264 clamps one silently, the others fail only once their encoder opens, with a line that
+        does not say what the range is), a --crf for a hardware encoder without a constant-quality mode (it
+        would be ignored), a --preset the encoder does not have (ignored too), a pixel format an upload cannot take."""
+        quality, hw = QUALITY.get(self.codec), hardware(self.codec)
+        if self.crf is not None and quality is not None and not quality.low <= self.crf <= quality.high:
+            raise VideoError(
+                f"{dst}: --crf {self.crf} is out of range for {self.codec} ({quality.low} to {quality.high}, lower is better"
+                f"{'' if quality.args[0] == '-crf' else f'; it sets {quality.flags}'}; -1 leaves it to the encoder)"
+            )
+        if self.crf is not None and quality is None and hw is not None:
+            raise VideoError(
+                f"{dst}: --crf {self.crf}: {self.codec} has no constant-quality mode esr can set; pass --crf -1 and its own rate "
+                "control with --ffmpeg-arg (e.g. --ffmpeg-arg=-b:v --ffmpeg-arg=20M)"
+            )
+        options = encoder_options(self.codec) if self.preset else None  # None: no such encoder, which the test encode reports
+        if self.preset and options is not None:
+            if "preset" not in options:
+                raise VideoError(f"{dst}: --preset {self.preset}: {self.codec} has no presets; leave --preset out")
+            names = options["preset"]
+            if names and self.preset not in names and not re.fullmatch(r"-?\d+", self.preset):
+                raise VideoError(f"{dst}: --preset {self.preset} is not a preset of {self.codec} (it has {', '.join(names)})")
+        if hw is not None and hw.upload and self.pix_fmt not in UPLOAD_FORMATS:
+            raise VideoError(
+                f"{dst}: --pix-fmt {self.pix_fmt}: {self.codec} takes frames uploaded as {' or '.join(sorted(set(UPLOAD_FORMATS.values())))}; "
+                f"use {' or '.join(f for f in UPLOAD_FORMATS if f.startswith('yuv'))}"
+            )
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How an encoder takes a constant quality: the options --crf becomes ("{}" is the value), their range
+    (lower is better in all of them), and the default when --crf is not given."""
+
+    args: tuple[str, ...]
+    low: int
+    high: int
+    default: int = 18
+
+    @property
+    def flags(self) -> str:
+        return " ".join(self.args).replace("{}", "N")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """An encoder family that runs on a device: what it needs (for the line when it cannot open), and for
+    those that take frames in the device's own memory, the global options that open the device to upload to."""
+
+    needs: str
+    device: tuple[str, ...] = ()
+    upload: bool = False
+
+    def device_args(self) -> list[str]:
+        return [arg.replace("{render}", _render_node()) for arg in self.device]
+
+
+def _render_node() -> str:
+    """The first DRM render node (the GPU that VAAPI opens), or the usual one when there is none (opening it then fails)."""
+    nodes = sorted(Path("/dev/dri").glob("renderD*")) if Path("/dev/dri").is_dir() else []
+    return str(nodes[0]) if nodes else "/dev/dri/renderD128"
+
+
+_CRF, _NVENC, _QSV = ("-crf", "{}"), ("-rc", "vbr", "-cq", "{}", "-b:v", "0"), ("-global_quality", "{}")
+_VAAPI, _VULKAN = ("-rc_mode", "CQP", "-global_quality", "{}"), ("-rc_mode", "cqp", "-qp", "{}")
+_AMF = ("-rc", "cqp", "-qp_i", "{}", "-qp_p", "{}")
+
+# --crf per encoder, as each one's help (ffmpeg -h encoder=NAME) and source say: software encoders take -crf
+# (libvpx needs -b:v 0 for constant quality, VP8 starts at its default minimum quantizer); NVENC the -cq
+# of its VBR mode (0 means "automatic" there, so 1 is the lowest; -b:v 0: no average bitrate to aim at);
+# QSV -global_quality, its ICQ mode (clipped to 1-51 for every codec); VAAPI -global_quality in CQP mode
+# (0 means "unset"); AMF and Vulkan the QP of their CQP mode (AMF's HEVC has no B-frame QP). AV1 and VP9
+# hardware QPs are 0-255 quantizer indices: 72 is about what 18 is on the 0-63 scales. Encoders not named
+# here take -crf as they are, except hardware ones, whose quality esr does not know: --crf is refused for them.
+QUALITY: dict[str, Quality] = {
+    **dict.fromkeys(("libx264", "libx264rgb", "libx265"), Quality(_CRF, 0, 51)),
+    "libvpx": Quality((*_CRF, "-b:v", "0"), 4, 63),
+    "libvpx-vp9": Quality((*_CRF, "-b:v", "0"), 0, 63),
+    **dict.fromkeys(("libaom-av1", "libsvtav1"), Quality(_CRF, 0, 63)),
+    **dict.fromkeys(("h264_nvenc", "hevc_nvenc"), Quality(_NVENC, 1, 51)),
+    "av1_nvenc": Quality(_NVENC, 1, 63),
+    **dict.fromkeys(("h264_qsv", "hevc_qsv", "av1_qsv", "vp9_qsv"), Quality(_QSV, 1, 51)),
+    **dict.fromkeys(("h264_vaapi", "hevc_vaapi"), Quality(_VAAPI, 1, 51)),
+    **dict.fromkeys(("av1_vaapi", "vp9_vaapi"), Quality(_VAAPI, 1, 255, 72)),
+    "h264_amf": Quality((*_AMF, "-qp_b", "{}"), 0, 51),
+    "hevc_amf": Quality(_AMF, 0, 51),
+    "av1_amf": Quality((*_AMF, "-qp_b", "{}"), 0, 255, 72),
+    **dict.fromkeys(("h264_vulkan", "hevc_vulkan"), Quality(_VULKAN, 0, 51)),
+    "av1_vulkan": Quality(_VULKAN, 0, 255, 72),
+}
+
+# Hardware encoder families, by the suffix of their names (h264_nvenc, av1_vaapi, ...).
+HARDWARE: dict[str, Hardware] = {
+    "nvenc": Hardware("an NVIDIA GPU and driver"),
+    "qsv": Hardware("an Intel GPU and the oneVPL runtime (libvpl, libmfx-gen)"),
+    "vaapi": Hardware("a VAAPI render node (/dev/dri/renderD*) and its libva driver", ("-vaapi_device", "{render}"), upload=True),
+    "amf": Hardware("an AMD GPU and the AMF runtime (libamfrt64)"),
+    "vulkan": Hardware("a Vulkan driver with video encoding", ("-init_hw_device", "vulkan=esr", "-filter_hw_device", "esr"), upload=True),
+    "v4l2m2m": Hardware("a V4L2 memory-to-memory encoder device (/dev/video*)"),
+    "videotoolbox": Hardware("macOS and an ffmpeg built with VideoToolbox"),
+    "mf": Hardware("Windows and an ffmpeg built with Media Foundation"),
+}
+
+# What an uploaded frame is made of, for each --pix-fmt an upload can take (the same samples, interleaved chroma).
+UPLOAD_FORMATS = {"yuv420p": "nv12", "nv12": "nv12", "yuv420p10le": "p010le", "p010le": "p010le"}
+
+
+def hardware(codec: str) -> Hardware | None:
+    """The hardware family of an encoder, None for a software one."""
+    return HARDWARE.get(codec.rsplit("_", 1)[-1]) if "_" in codec else None
+
+
+def quality_args(codec: str, crf: int) -> list[str]:
+    """The encoder's options for a constant-quality factor (see QUALITY)."""
+    quality = QUALITY.get(codec)
+    return [a.replace("{}", str(crf)) for a in quality.args] if quality else ["-crf", str(crf)]
+
+
+def default_crf(codec: str) -> int | None:
+    """The quality when --crf is not given: the encoder's default in QUALITY, none for a hardware encoder esr
+    knows no quality mode of, and 18 for any other software one (as always)."""
+    quality = QUALITY.get(codec)
+    return quality.default if quality else None if hardware(codec) else 18
+
+
+@functools.cache
+def encoder_options(codec: str) -> dict[str, list[str]] | None:
+    """The private options of the bundled ffmpeg's encoder `codec`, each with its named values (empty when it
+    takes any value); None when ffmpeg has no such encoder. Read from its help once per process."""
+    try:
+        cmd = [FFMPEG, "-hide_banner", "-h", f"encoder={codec}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=60).stdout
+    except subprocess.TimeoutExpired:
+        return None
+    if not re.search(r"^Encoder \S+", out, re.M):
+        return None
+    options: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in out.splitlines():
+        if m := re.match(r"^  -(\S+)\s+<", line):
+            current = options.setdefault(m.group(1), [])
+        elif current is not None and (m := re.match(r"^     (\S+)\s", line)):
+            current.append(m.group(1))
+        else:
+            current = None
+    return options
 
 
 # The matrices the scale filter converts RGB with (others are still declared, not converted with).
@@ -360,6 +599,7 @@ class VideoJob:
     resume: bool = False
     overwrite: bool = False
     allow_truncated: bool = False  # upscale what a truncated input holds instead of refusing it
+    hwaccel: str = "none"  # how the input is decoded: none (the CPU), cuda, or auto (cuda where it works); see HWACCELS
 
 
 @dataclass
@@ -369,30 +609,6 @@ class VideoResult:
     rate: Fraction
     size: tuple[int, int]
     missing: Fraction = Fraction(0)  # seconds a truncated input lacked (--allow-truncated)
-
-
-class _Failed:
-    """Carries a worker thread's exception to the main thread."""
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def _reader(
-    proc: subprocess.Popen, frame_bytes: int, shape: tuple[int, ...], dtype: np.dtype, skip: int, out: queue.Queue, stop: threading.Event
-) -> None:
-    try:
-        n = 0
-        while not stop.is_set():
-            buf = proc.stdout.read(frame_bytes)
-            if len(buf) < frame_bytes:
-                break
-            if n >= skip:
-                out.put(np.frombuffer(buf, dtype).reshape(shape))
-            n += 1
-        out.put(None)
-    except BaseException as exc:  # surfaced by the main thread
-        out.put(_Failed(exc))
 
 
 class _SegmentWriter:
@@ -419,7 +635,7 @@ class _SegmentWriter:
         if self.proc is None:
             self._open()
         try:
-            self.proc.stdin.write(frame.tobytes())
+            self.proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))  # the frame's own bytes, not a copy
         except BrokenPipeError:
             self._fail()
         self.frames_in_segment += 1
@@ -431,7 +647,7 @@ class _SegmentWriter:
         if self.proc:
             self.proc.kill()
             self.proc.wait()
-        raise VideoError(f"{self.work.dst}: the encoder failed ({_ffmpeg_reason(err)})")
+        raise VideoError(f"{self.work.dst}: the encoder failed ({_encoder_reason(self.work.encode.codec, err)})")
 
     def close(self) -> None:
         """Finish the current segment and record it."""
@@ -457,24 +673,6 @@ class _SegmentWriter:
             self.tmp.unlink(missing_ok=True)
 
 
-_ABORT = object()  # tells the encoder thread to stop without finishing its segment (None finishes it)
-
-
-def _writer(writer: _SegmentWriter, frames: queue.Queue, errors: queue.Queue) -> None:
-    try:
-        while (frame := frames.get()) is not None:
-            if frame is _ABORT:
-                return
-            writer.write(frame)
-        writer.close()
-    except BaseException as exc:
-        errors.put(exc)
-        while True:  # keep the producer from blocking on a full queue
-            frame = frames.get()
-            if frame is None or frame is _ABORT:
-                return
-
-
 @dataclass
 class SegmentWork:
     """Everything encoding segments of one video takes, in or out of this process (Ray workers)."""
@@ -488,6 +686,7 @@ class SegmentWork:
     raw_fmt: str
     rate: Fraction
     segment_frames: int
+    hwaccel: str = "none"  # as VideoJob's; auto is settled by each process that decodes (a Ray worker on its own machine)
 
     @property
     def dtype(self) -> np.dtype:
@@ -511,25 +710,45 @@ class SegmentWork:
         return (times[key - 1] + times[key]) / 2 - self.info.origin, frame - key  # halfway from the frame before
 
 
+def check_output(src: Path, dst: Path, *, overwrite: bool) -> None:
+    """Refuse an output that cannot be made, in one line naming it, before any work is spent (the CLI
+    calls this before loading the model): the input itself, a folder, an existing file, a folder that
+    is missing, is a file, or cannot be written to (read-only, no permission), no suffix."""
+    try:  # an OSError is a folder on the way that cannot be searched or written
+        if src.resolve() == dst.resolve():
+            raise VideoError(f"{dst}: the output would overwrite the input; choose another name")
+        if dst.is_dir() or (dst.exists() and not dst.is_file()):
+            raise VideoError(f"{dst}: is {'a folder' if dst.is_dir() else 'not a regular file'}; name the output video file")
+        if dst.exists() and not overwrite:
+            raise VideoError(f"{dst}: already exists (pass --overwrite to replace it)")
+        blocker = next((p for p in reversed(dst.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise VideoError(f"{dst}: cannot write ({blocker} is a file, not a folder)")
+        if not dst.parent.is_dir():
+            raise VideoError(f"{dst}: the folder {dst.parent} does not exist")
+        if not dst.suffix:
+            raise VideoError(f"{dst}: has no suffix, so no container can be chosen (e.g. .mp4, .mkv, .mov, .webm)")
+        with tempfile.TemporaryFile(dir=dst.parent):  # the parts, the result's temporary file and the result all go here
+            pass
+    except OSError as exc:
+        raise VideoError(f"{dst}: cannot write ({exc.strerror or exc})") from None
+
+
 def prepare_video(job: VideoJob, on_info: Callable[[VideoInfo], None] | None = None) -> tuple[SegmentWork, Manifest]:
     """Checks, probe, a test encode and the manifest (new, or the interrupted run's): no frame is upscaled here."""
     src, dst = job.src, job.dst
-    if src.resolve() == dst.resolve():
-        raise VideoError(f"{dst}: the output would overwrite the input; choose another name")
-    if dst.is_dir() or (dst.exists() and not dst.is_file()):
-        raise VideoError(f"{dst}: is {'a folder' if dst.is_dir() else 'not a regular file'}; name the output video file")
-    if dst.exists() and not job.overwrite:
-        raise VideoError(f"{dst}: already exists (pass --overwrite to replace it)")
-    if not dst.parent.is_dir():
-        raise VideoError(f"{dst}: the folder {dst.parent} does not exist")
-    if not dst.suffix:
-        raise VideoError(f"{dst}: has no suffix, so no container can be chosen (e.g. .mp4, .mkv, .mov, .webm)")
+    check_output(src, dst, overwrite=job.overwrite)
+    job.encode.check(dst)
+    if job.hwaccel not in HWACCELS:
+        raise VideoError(f"{src}: --hwaccel {job.hwaccel} is not one of {', '.join(HWACCELS)}")
     info = probe(src)
     if info.missing and not job.allow_truncated:
         raise VideoError(
             f"{src}: the file is truncated: its container announces {float(info.declared):.3f} s of video but holds "
-            f"{float(info.duration):.3f} s ({info.frames} frames); pass --allow-truncated to upscale the frames it holds"
+            f"{float(info.frames / info.rate):.3f} s ({info.frames} frames); pass --allow-truncated to upscale the frames it holds"
         )
+    if info.missing:  # expect what decoding really yields, so the last segment is not one frame short
+        info = _decoded_times(src, info, job.hwaccel)
     if on_info:
         on_info(info)
     rate = job.encode.fps or info.rate
@@ -565,7 +784,8 @@ def prepare_video(job: VideoJob, on_info: Callable[[VideoInfo], None] | None = N
         manifest.save(folder)
     for leftover in folder.glob("*.tmp.nut"):
         leftover.unlink()
-    work = SegmentWork(src, dst, folder, info, job.encode, out_size, "rgb48le" if deep else "rgb24", rate, manifest.segment_frames)
+    raw_fmt = "rgb48le" if deep else "rgb24"
+    work = SegmentWork(src, dst, folder, info, job.encode, out_size, raw_fmt, rate, manifest.segment_frames, job.hwaccel)
     whole = [s for s in manifest.segments if s["frames"] == work.frames_in(s["index"])]
     if len(whole) != len(manifest.segments):  # a short segment is never a finished one: encode it again
         manifest.segments = whole
@@ -607,10 +827,24 @@ def upscale_video(
                 on_frames=(lambda n, base=before: on_progress(base + n, work.info.frames)) if on_progress else None,
             )  # fmt: skip
         return finish_video(job, work, manifest, resumed)
-    except BaseException:
-        if not manifest.segments:  # nothing worth resuming: leave no trace
+    except BaseException as exc:
+        kept = bool(manifest.segments)
+        if not kept:  # nothing worth resuming: leave no trace
             shutil.rmtree(work.folder, ignore_errors=True)
+        if isinstance(exc, VideoError | OSError):  # one line, which says what is kept and how to use it
+            problem = _problem(job.dst, exc)
+            raise VideoError(f"{problem}; {resume_hint(work.folder, manifest)}" if kept else problem) from exc
         raise
+
+
+def _problem(dst: Path, exc: BaseException) -> str:
+    """The error's line: an OSError here is a write that failed (a full disk), never a traceback."""
+    return str(exc) if isinstance(exc, VideoError) else f"{dst}: cannot write ({getattr(exc, 'strerror', None) or exc})"
+
+
+def resume_hint(folder: Path, manifest: Manifest) -> str:
+    """What a failed run that keeps its finished segments says about them."""
+    return f"{manifest.frames_done} finished frames are kept in {folder}: run the same command with --resume to continue"
 
 
 def encode_span(
@@ -622,7 +856,8 @@ def encode_span(
     on_segment: Callable[[int, str, int], None],
     on_frames: Callable[[int], None] | None = None,
 ) -> None:
-    """Decode, upscale and encode segments [first, stop) of `work`, in three overlapping threads.
+    """Decode, upscale and encode segments [first, stop) of `work` through the engine: decoding in its
+    reader thread, the model here, encoding in its writer thread.
 
     Decoding starts at the span's first frame (seeking there); each segment is announced through
     `on_segment` once its encoder closed cleanly, and nothing of an unfinished one is kept."""
@@ -632,79 +867,54 @@ def encode_span(
     first_frame = first * work.segment_frames
     count = min(info.frames, stop * work.segment_frames) - first_frame
     seek, skip = work.seek(first_frame)
-    decode = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", *(["-ss", f"{float(seek):.6f}"] if seek is not None else []),
-              "-i", str(work.src), "-map", "0:v:0", "-fps_mode", "passthrough", "-frames:v", str(count + skip),
-              "-f", "rawvideo", "-pix_fmt", work.raw_fmt, "-"]  # fmt: skip
-    decoder = subprocess.Popen(decode, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes * 2)
-    stop_event = threading.Event()
-    decoded: queue.Queue = queue.Queue(maxsize=8)
-    encoded: queue.Queue = queue.Queue(maxsize=8)
-    errors: queue.Queue = queue.Queue()
+    decode = decoder_args(work, seek, count + skip)
+    log = tempfile.TemporaryFile()  # not a pipe: a damaged file's many complaints would fill it and stall the decoder
+    decoder = subprocess.Popen(decode, stdout=subprocess.PIPE, stderr=log, bufsize=frame_bytes * 2)
     writer = _SegmentWriter(work, first, on_segment)
-    reader = threading.Thread(target=_reader, args=(decoder, frame_bytes, (h, w, 3), dtype, skip, decoded, stop_event), daemon=True)
-    encoder = threading.Thread(target=_writer, args=(writer, encoded, errors), daemon=True)
-    reader.start()
-    encoder.start()
     done = 0
-    per_call = pipeline.frames_per_call
-    try:
-        finished = False
-        while not finished:
-            batch: list[np.ndarray] = []
-            while len(batch) < per_call:  # take what is ready, waiting only for the first frame
-                try:
-                    item = decoded.get() if not batch else decoded.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(item, _Failed):
-                    raise item.exc
-                if item is None:
-                    finished = True
-                    break
-                batch.append(np.ascontiguousarray(item))
-            if not errors.empty():
-                raise errors.get()
-            if not batch:
-                continue
-            try:
-                ups = pipeline.run_frames(batch)
-            except (MemoryError, RuntimeError) as exc:  # after the Upscaler's own retries: stop, never skip
-                raise VideoError(
-                    f"{work.src}: frame {first_frame + done + 1} could not be upscaled ({exc}); finished segments are kept for --resume"
-                ) from exc
-            for up in ups:
-                encoded.put(up)
-            done += len(batch)
-            if on_frames:
-                on_frames(done)
-        encoded.put(None)
-        encoder.join()
-        if not errors.empty():
-            raise errors.get()
-        if decoder.wait() != 0 or done != count:
+
+    def frames() -> Iterator[np.ndarray]:
+        decoded = 0
+        while len(buf := decoder.stdout.read(frame_bytes)) == frame_bytes:
+            decoded += 1
+            if decoded > skip:
+                yield np.frombuffer(buf, dtype).reshape(h, w, 3)
+        # Checked here, before the writer is told the input ended: a short last segment is never recorded.
+        if decoder.wait() != 0 or decoded - skip != count:
+            log.seek(0)
             reason = (
-                _ffmpeg_reason(decoder.stderr.read().decode(errors="replace"))
+                _ffmpeg_reason(log.read().decode(errors="replace"))
                 if decoder.returncode
-                else f"decoded {done} of the {count} frames from frame {first_frame + 1}"
+                else f"decoded {max(0, decoded - skip)} of the {count} frames from frame {first_frame + 1}: a damaged or cut-off file?"
             )
             raise VideoError(f"{work.src}: decoding failed ({reason})")
-    except BaseException:
-        stop_event.set()
-        decoder.kill()
-        # Unblock and stop the encoder thread, then drop its unfinished segment.
-        while encoder.is_alive():
-            try:
-                encoded.put(_ABORT, timeout=0.1)
-            except queue.Full:
-                try:
-                    encoded.get_nowait()
-                except queue.Empty:
-                    pass
-            encoder.join(timeout=0.1)
-        writer.abort()
-        raise
+
+    def upscale(batch: list[np.ndarray]) -> list[np.ndarray]:
+        nonlocal done
+        try:
+            ups = pipeline.run_frames(batch)
+        except (MemoryError, RuntimeError) as exc:  # after the Upscaler's own retries: stop, never skip
+            raise VideoError(f"{work.src}: frame {first_frame + done + 1} could not be upscaled ({exc})") from exc
+        done += len(batch)
+        return ups
+
+    stages = Stages(
+        upscale,
+        writer.write,
+        batch=pipeline.frames_per_call(h, w),
+        read_ahead=8,
+        write_behind=8,
+        weigh=lambda frame: frame.nbytes,
+        finish=writer.close,
+        cancel=decoder.kill,  # unblocks the reader
+        abort=writer.abort,  # drops the unfinished segment
+    )
+    try:
+        run_stages(frames(), stages, on_computed=on_frames)
     finally:
+        decoder.kill()
         decoder.wait()
+        log.close()
 
 
 def _mux(job: VideoJob, info: VideoInfo, manifest: Manifest, folder: Path, rate: Fraction) -> None:
@@ -741,12 +951,78 @@ def preflight(job: VideoJob, info: VideoInfo, size: tuple[int, int], rate: Fract
     """Encode one black frame with the job's settings into the output's container, with the input's
     other streams: a setting or a container that cannot work fails here, before any frame is upscaled."""
     container = job.dst.suffix.lower()
+    if job.hwaccel == "cuda" and (why := hwaccel_failure("cuda", str(job.src))) is not None:
+        raise VideoError(_hwaccel_problem(job.src, why))
     with tempfile.TemporaryDirectory(prefix="esr-preflight-") as folder:
         test = Path(folder) / f"check{container}"
         cmd = ["-v", "error", "-f", "lavfi", "-i", f"color=c=black:s={size[0]}x{size[1]}:r={rate}", "-t", f"{float(2 / rate):.6f}",
                "-i", str(job.src), "-map", "0:v", "-map", "1:a?", "-map", "1:s?", "-t", "0.2", *job.encode.encoder_args(info),
                "-c:a", "copy", "-c:s", "copy", *subtitle_codec(container), str(test)]  # fmt: skip
-        try:
-            _ffmpeg(cmd, what=str(job.dst), timeout=120)
-        except subprocess.TimeoutExpired:
-            raise VideoError(f"{job.dst}: the encoder did not finish a test frame in 2 minutes") from None
+        _test_encode(cmd, job.encode.codec, job.dst)
+
+
+def _test_encode(cmd: list[str], codec: str, dst: Path) -> None:
+    """Run a test encode; its failure is one line naming `dst` (for a hardware encoder, what it needs)."""
+    try:
+        _ffmpeg(cmd, what=str(dst), timeout=120, reason=functools.partial(_encoder_reason, codec))
+    except subprocess.TimeoutExpired:
+        raise VideoError(f"{dst}: the encoder did not finish a test frame in 2 minutes") from None
+
+
+def check_hardware(encode: EncodeSettings, hwaccel: str, src: Path, dst: Path) -> None:
+    """Open a hardware encoder on two small frames, and the CUDA device for --hwaccel cuda: a machine without
+    the GPU, its driver or runtime fails here in one line, in a fraction of a second (the CLI calls this before
+    it loads the model; the preflight tries again at the output's size, and decodes the input with CUDA)."""
+    if hardware(encode.codec) is not None:
+        cmd = ["-v", "error", "-f", "lavfi", "-i", "color=c=black:s=256x256:r=10", "-frames:v", "2", *encode.encoder_args(),
+               "-f", "null", "-"]  # fmt: skip
+        _test_encode(cmd, encode.codec, dst)
+    if hwaccel == "cuda" and (why := hwaccel_failure("cuda")) is not None:
+        raise VideoError(_hwaccel_problem(src, why))
+
+
+# --hwaccel: none decodes on the CPU; cuda on an NVIDIA GPU (NVDEC), or fails at the preflight where it cannot;
+# auto uses cuda where it works and the CPU elsewhere, silently. The decoded frames are the same either way.
+HWACCELS = ("none", "auto", "cuda")
+
+
+@functools.cache
+def hwaccel_failure(method: str, src: str | None = None) -> str | None:
+    """Why ffmpeg cannot decode with `method` here: its device does not open or, given `src`, the video's first
+    frame does not decode on it (libavcodec would quietly decode on the CPU instead); None when it can. Asked
+    once per process: a Ray worker asks on its own machine."""
+    if src is None:
+        args = ["-v", "error", "-init_hw_device", method, "-f", "lavfi", "-i", "nullsrc=s=64x64", "-frames:v", "1", "-f", "null", "-"]
+    else:
+        args = ["-v", "warning", "-hwaccel", method, "-i", src, "-map", "0:v:0", "-frames:v", "1", "-f", "null", "-"]
+    try:
+        proc = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", *args], capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "it did not answer in a minute"
+    err = proc.stderr.decode(errors="replace")
+    if proc.returncode != 0:  # the first line about the device, not a container's warning before it
+        return _first_line("\n".join(re.findall(r"^.*(?:cuda|device|hwaccel|nvdec|cuvid).*$", err, re.M | re.I)) or err)
+    fallback = re.search(r"^.*(Failed setup for format|hwaccel initiali[sz]ation returned error).*$", err, re.M)
+    return _first_line(fallback.group(0)) if fallback else None
+
+
+def _hwaccel_problem(src: Path, why: str) -> str:
+    return f"{src}: --hwaccel cuda cannot decode here ({why}): it needs an NVIDIA GPU and driver; --hwaccel auto falls back to the CPU"
+
+
+def _hwaccel_args(hwaccel: str, src: Path, pix_fmt: str) -> tuple[list[str], list[str]]:
+    """The decoder's options for `hwaccel`: before its input, and after it. The frames CUDA decodes come back
+    in its own layout (nv12, p010); they are repacked, losslessly, into the input's pixel format first, so
+    that RGB comes from the very conversion software decoding takes, and the frames are the same."""
+    if hwaccel == "none" or (hwaccel == "auto" and hwaccel_failure("cuda", str(src)) is not None):
+        return [], []
+    return ["-hwaccel", "cuda"], (["-vf", f"format={pix_fmt}"] if re.fullmatch(r"\w+", pix_fmt) else [])
+
+
+def decoder_args(work: SegmentWork, seek: Fraction | None, frames: int) -> list[str]:
+    """The decoder's command: `frames` frames of the video from `seek` (None: the start), raw RGB on its
+    stdout; downloaded from the GPU by ffmpeg where it decodes there (no -hwaccel_output_format)."""
+    before, after = _hwaccel_args(work.hwaccel, work.src, work.info.pix_fmt)
+    return [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", *before, *(["-ss", f"{float(seek):.6f}"] if seek is not None else []),
+            "-i", str(work.src), "-map", "0:v:0", "-fps_mode", "passthrough", "-frames:v", str(frames), *after,
+            "-f", "rawvideo", "-pix_fmt", work.raw_fmt, "-"]  # fmt: skip

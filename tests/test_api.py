@@ -35,7 +35,9 @@ def cli_upscale(tmp_path: Path, image: Image.Image, *args: str) -> Image.Image:
     src = tmp_path / "in.png"
     image.save(src)
     out = tmp_path / "out.png"
-    result = CliRunner().invoke(main, ["upscale", str(src), "-o", str(out), "--overwrite", "--device", "cpu", *args], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main, ["upscale", str(src), "-o", str(out), "--overwrite", "--device", "cpu", *args], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     return Image.open(out)
 
@@ -61,10 +63,10 @@ def test_pil_images_keep_their_mode_family_and_equal_the_cli(tmp_path, model, mo
         "LA": Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA"),
         "P": Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=32),
     }[mode]
-    out = model.upscale(image, tile=16)
+    out = model.upscale(image, tile=32)  # two tiles: 40 px wide
     assert out.size == (160, 112)
     assert out.mode == {"P": "RGB"}.get(mode, mode)
-    expected = cli_upscale(tmp_path, image, "--tile", "16")
+    expected = cli_upscale(tmp_path, image, "--tile", "32")
     assert expected.mode == out.mode and np.array_equal(np.asarray(out), np.asarray(expected))
 
 
@@ -75,9 +77,7 @@ def test_sixteen_bit_grey_pil_stays_sixteen_bit(tmp_path, model):
     assert len(np.unique(np.asarray(out) % 257)) > 50  # 16-bit values, not 8-bit ones scaled up
 
 
-@pytest.mark.parametrize(
-    "layout", ["uint8 HxWx3", "uint16 HxWx3", "uint8 HxW", "uint16 HxW", "uint8 HxWx4", "uint8 HxWx1", "uint8 HxWx2"]
-)
+@pytest.mark.parametrize("layout", ["uint8 HxWx3", "uint16 HxWx3", "uint8 HxW", "uint16 HxW", "uint8 HxWx4", "uint8 HxWx1", "uint8 HxWx2"])
 def test_numpy_arrays_keep_dtype_and_layout_and_equal_the_cli(tmp_path, model, layout):
     kind, shape = layout.split()
     rgb = photo()
@@ -95,7 +95,7 @@ def test_scale_and_tiling_per_call(model):
     array = photo()
     assert model.upscale(array, scale=2).shape == (56, 80, 3)
     assert model.upscale(array, scale=3).shape == (84, 120, 3)
-    whole, tiled = model.upscale(array, tile=0), model.upscale(array, tile=12)
+    whole, tiled = model.upscale(array, tile=0), model.upscale(array, tile=32)
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1  # tiles see their whole context
 
 
@@ -105,7 +105,7 @@ def test_tensors_stay_tensors_on_their_device(model):
     assert isinstance(out, torch.Tensor) and out.shape == (3, 112, 160) and out.device == chw.device and out.dtype == torch.float32
     batch = model.upscale(torch.stack([chw, chw.flip(-1)]), tile=0)
     assert batch.shape == (2, 3, 112, 160) and torch.allclose(batch[0], out, atol=1e-5)
-    tiled = model.upscale(chw, tile=12)
+    tiled = model.upscale(chw, tile=32)
     assert (tiled - out).abs().max() < 1e-4
     via_numpy = model.upscale((chw.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), tile=0)
     assert np.abs(via_numpy.astype(float) - (out.permute(1, 2, 0).numpy() * 255)).max() <= 0.5 + 1e-3
@@ -123,6 +123,53 @@ def test_bad_inputs_are_refused_clearly(model):
     ):
         with pytest.raises(esrcli.EsrError, match=message):
             model.upscale(bad)
+
+
+def test_api_errors_name_the_value_and_what_to_do(model):
+    picture = photo()
+    for call, message in (
+        (lambda: model.upscale(picture, alpha="nope"), "alpha 'nope': must be one of 'model', 'bicubic'"),
+        (lambda: model.upscale(picture, tile=-1), "tile -1: must be a whole number of at least 0"),
+        (lambda: model.upscale(picture, tile=4), "tile 4: below the smallest useful tile"),
+        (lambda: model.upscale(picture, overlap=-2), "overlap -2"),
+        (lambda: model.upscale(picture, scale="2"), "scale must be a number greater than 1, not '2'"),
+        (lambda: model.upscale(np.zeros((8, 8), np.int32)), "int32: clip to 0..255"),
+        (lambda: model.upscale(np.zeros((8, 8), bool)), "bool: multiply by 255"),
+        (lambda: model.upscale(np.zeros((8, 8), np.float64)), "float64: for values in 0..1 multiply by 255"),
+        (lambda: model.upscale(torch.full((3, 8, 8), float("nan"))), "NaN or infinite"),
+        (lambda: model.upscale(torch.tensor([0.5, float("inf")]).repeat(3, 4, 4)[:, :8, :8]), "NaN or infinite"),
+    ):
+        with pytest.raises(esrcli.EsrError, match=__import__("re").escape(message)):
+            call()
+
+
+def test_pil_images_are_turned_upright_as_the_cli_does(tmp_path, model):
+    """EXIF orientation 6 (rotate 90 clockwise to view): the API gives the CLI's upright pixels."""
+    stored = Image.fromarray(photo(40, 28))
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    src = tmp_path / "rot6.jpg"
+    stored.save(src, quality=95, exif=exif.tobytes())
+    result = CliRunner().invoke(main, ["upscale", str(src), "-o", str(tmp_path / "cli.png"), "--device", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    cli = Image.open(tmp_path / "cli.png")
+    api = model.upscale(Image.open(src))
+    assert api.size == cli.size == (28 * 4, 40 * 4)
+    assert np.array_equal(np.asarray(api), np.asarray(cli))
+    carried = Image.Exif()
+    carried.load(api.info["exif"])
+    assert carried.get(0x0112) == 1  # the EXIF it carries says "upright"
+    raw = model.upscale(Image.open(src), exif_transpose=False)
+    assert raw.size == (40 * 4, 28 * 4)
+
+
+def test_animated_pil_images_are_refused_as_the_cli_does(tmp_path, model):
+    frames = [Image.new("RGB", (16, 12), colour) for colour in ("red", "green", "blue")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=[40, 80, 120], loop=0)
+    cli = CliRunner().invoke(main, ["upscale", str(tmp_path / "anim.gif"), "--device", "cpu"], catch_exceptions=False)
+    assert cli.exit_code == 1 and "animated image (3 frames)" in cli.output
+    with pytest.raises(esrcli.EsrError, match=r"animated image \(3 frames\) is not supported"):
+        model.upscale(Image.open(tmp_path / "anim.gif"))
 
 
 def fresh_modules(code: str) -> set[str]:

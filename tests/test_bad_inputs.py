@@ -52,8 +52,12 @@ def files(tmp_path_factory) -> Path:
     (d / "notes.txt").write_text("just text")
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "badmeta.safetensors"), metadata={"esr.arch": "span", "esr.config": "{not json"})
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "listmeta.safetensors"), metadata={"esr.arch": "span", "esr.config": "[1, 2]"})
+    save_file(
+        {k: v.contiguous() for k, v in sd.items()}, str(d / "badmeta.safetensors"), metadata={"esr.arch": "span", "esr.config": "{not json"}
+    )
+    save_file(
+        {k: v.contiguous() for k, v in sd.items()}, str(d / "listmeta.safetensors"), metadata={"esr.arch": "span", "esr.config": "[1, 2]"}
+    )
     save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "negative.safetensors"),
               metadata={"esr.arch": "span", "esr.config": '{"channels": -1, "scale": 2}'})  # fmt: skip
     return d
@@ -88,7 +92,12 @@ def test_empty_names_are_not_the_current_folder(files, monkeypatch):
 @pytest.mark.parametrize(
     "toml,phrase",
     [
-        ('[m]\ntitle="t"\narch="span"\nlicence="MIT"\n[[m.weights]]\nscale="abc"\nsha256="' + "0" * 64 + '"\nsources=[{url="https://x/y.pth"}]\n', "malformed"),
+        (
+            '[m]\ntitle="t"\narch="span"\nlicence="MIT"\n[[m.weights]]\nscale="abc"\nsha256="'
+            + "0" * 64
+            + '"\nsources=[{url="https://x/y.pth"}]\n',
+            "malformed",
+        ),
         ("x = 5\n", "must be a table"),
         ('[m]\ntitle="t"\narch="span"\nlicence="MIT"\nweights=[]\n', "has no"),
         ('[m]\ntitle="t"\narch="span"\nlicence="MIT"\n[[m.weights]]\nscale=4\nsha256=5\nsources=[{url="https://x/y.pth"}]\n', "malformed"),
@@ -124,7 +133,23 @@ def images(tmp_path_factory) -> Path:
     return d
 
 
-TRAIN = ["--arch", "span", "--channels", "4", "--scale", "2", "--steps", "1", "--batch", "1", "--lr-patch", "8", "--device", "cpu", "--quiet"]
+TRAIN = [
+    "--arch",
+    "span",
+    "--channels",
+    "4",
+    "--scale",
+    "2",
+    "--steps",
+    "1",
+    "--batch",
+    "1",
+    "--lr-patch",
+    "8",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 @pytest.mark.parametrize(
@@ -179,7 +204,20 @@ def test_resuming_a_damaged_checkpoint(images, tmp_path, content):
 
 
 def test_finetune_with_mismatched_models_and_bad_lora_settings(files, images, tmp_path):
-    common = ["finetune-lora", "--data", str(images), "--steps", "1", "--lr-patch", "12", "--device", "cpu", "--quiet", "--set", "loss.border=2"]
+    common = [
+        "finetune-lora",
+        "--data",
+        str(images),
+        "--steps",
+        "1",
+        "--lr-patch",
+        "12",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--set",
+        "loss.border=2",
+    ]
     refused(esr(*common, "--teacher", str(files / "x2.safetensors"), "--student", str(files / "x4.safetensors"), "--out", str(tmp_path / "a")),
             "is x2 but the student is x4")  # fmt: skip
     pair = ["--teacher", str(files / "x2.safetensors"), "--student", str(files / "x2.safetensors")]
@@ -246,7 +284,9 @@ def video(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout)  # fmt: skip
 
 
-@pytest.mark.parametrize("extra,phrase", [(["--codec", "bogus"], "bogus"), (["--pix-fmt", "bogus"], "bogus"), (["--ffmpeg-arg=-bogus"], "bogus")])
+@pytest.mark.parametrize(
+    "extra,phrase", [(["--codec", "bogus"], "bogus"), (["--pix-fmt", "bogus"], "bogus"), (["--ffmpeg-arg=-bogus"], "bogus")]
+)
 def test_a_failing_encoder_on_a_short_clip_fails_at_once(clips, tiny_model, tmp_path, extra, phrase):
     out = tmp_path / "o.mp4"
     proc = video(str(clips / "one.mp4"), str(out), "-m", tiny_model, *extra, timeout=60)
@@ -259,7 +299,9 @@ def test_inputs_that_used_to_crash_or_be_refused(clips, tiny_model, tmp_path):
         out = tmp_path / f"{name}.mkv"
         proc = video(str(clips / name), str(out), "-m", tiny_model, "--pix-fmt", "yuv444p")
         assert proc.returncode == 0, (name, proc.stderr)
-        frames = subprocess.run([FFMPEG, "-i", str(out), "-map", "0:v", "-c", "copy", "-f", "framecrc", "-"], capture_output=True, text=True)
+        frames = subprocess.run(
+            [FFMPEG, "-i", str(out), "-map", "0:v", "-c", "copy", "-f", "framecrc", "-"], capture_output=True, text=True
+        )
         assert sum(1 for line in frames.stdout.splitlines() if line and not line.startswith("#")) == 5
     out = tmp_path / "subs.mp4"
     proc = video(str(clips / "subs.mkv"), str(out), "-m", tiny_model)
@@ -287,3 +329,100 @@ def test_a_damaged_manifest_is_named_and_overwrite_starts_over(clips, tiny_model
     proc = video(str(clips / "in.avi"), str(out), "-m", tiny_model, "--resume")
     assert proc.returncode == 1 and "damaged" in proc.stderr and "--overwrite" in proc.stderr
     assert video(str(clips / "in.avi"), str(out), "-m", tiny_model, "--overwrite").returncode == 0 and out.is_file()
+
+
+# --- the second new-user run (issue 20) --------------------------------------------------------
+
+
+def test_a_suffix_may_not_name_a_folder(files, tmp_path):
+    src = tmp_path / "good.png"
+    src.write_bytes((files / "a.png").read_bytes())
+    for suffix, phrase in (("/../../evil", "path separator"), ("..", "'..'"), ("_a\\b", "path separator")):
+        result = esr("upscale", str(src), "--suffix", suffix, "-o", str(tmp_path / "o" / "suf") + "/", "--device", "cpu")
+        refused(result, "--suffix", phrase)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["good.png"]  # nothing written, not even a folder
+    from esrcli.batch import plan_batch
+    from esrcli.errors import EsrError
+
+    with pytest.raises(EsrError, match="path separator"):
+        plan_batch([str(src)], out=None, recursive=False, suffix="/x", fmt="same")
+
+
+def test_a_mirrored_glob_may_not_climb_out_of_the_output_folder(files, tmp_path, monkeypatch):
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    (tmp_path / "top.png").write_bytes((files / "a.png").read_bytes())
+    (tmp_path / "src" / "a" / "in.png").write_bytes((files / "a.png").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    result = esr("upscale", "src/*/../../*.png", "src/a/*.png", "-r", "-o", "out/", "--device", "cpu", "--quiet")
+    assert result.exit_code == 1 and "would be outside out" in result.output, result.output
+    assert (tmp_path / "out" / "in_x4.png").is_file()  # the others go on
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src", "top.png"]
+
+
+def test_published_weight_names_cannot_name_a_folder(files, tmp_path):
+    model = tmp_path / "we..ird name.safetensors"
+    model.write_bytes((files / "x2.safetensors").read_bytes())
+    result = esr("export", str(model), "--to-folder", str(tmp_path / "card"))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "card").iterdir()) == ["README.md", "we-ird-name-x2.safetensors"]
+
+
+def test_tiny_tiles_are_refused_at_once(files, tmp_path):
+    for tile in ("1", "31"):
+        result = esr("upscale", str(files / "a.png"), "--tile", tile, "-o", str(tmp_path / "t.png"), "--device", "cpu")
+        refused(result, f"tile {tile}", "smallest useful tile", "0 for the whole image")
+    assert not (tmp_path / "t.png").exists()
+    overlap = esr("upscale", str(files / "a.png"), "--tile", "40", "--overlap", "48", "-o", str(tmp_path / "t.png"), "--device", "cpu")
+    refused(overlap, "tile 40", "48 px")
+    assert esr("upscale", str(files / "a.png"), "--tile", "32", "-o", str(tmp_path / "t.png"), "--device", "cpu").exit_code == 0
+
+
+def test_finetuning_an_efdn_student_says_dsclora_needs_the_span_family(tmp_path, images, tiny_model):
+    from esrcli.archs import build
+
+    efdn = tmp_path / "efdn_x2.safetensors"
+    save_network(build("efdn", channels=8, scale=2).eval(), efdn)
+    common = ["finetune-lora", "--data", str(images), "--steps", "1", "--lr-patch", "12", "--device", "cpu", "--quiet"]
+    result = esr(*common, "--teacher", tiny_model, "--student", str(efdn), "--out", str(tmp_path / "run"))
+    refused(result, "efdn network", "SPAN-family students")
+    assert "cannot build the network span" not in result.output
+
+
+def test_bench_quality_says_where_sets_come_from(tmp_path):
+    refused(esr("bench", "quality", "-m", "esr-tiny", "--data", "Set5"), "Set5: no such folder", "ships no benchmark sets", "HR/")
+
+
+def cpu_bf16(*args: str, isa: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
+    if isa:
+        env["ONEDNN_MAX_CPU_ISA"] = isa
+    return subprocess.run([sys.executable, "-m", "esrcli", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+WARNING = "esr: warning: bf16 is emulated on this CPU"
+
+
+def test_bf16_on_a_cpu_without_it_warns_and_auto_training_picks_fp32(files, images, tmp_path):
+    """oneDNN held to AVX2 computes bf16 as a CPU without AVX-512 BF16 or AMX does: emulated."""
+    from esrcli.device import cpu_has_native_bf16
+
+    for isa, native in (("AVX2", False), (None, cpu_has_native_bf16())):
+        explicit = cpu_bf16("upscale", str(files / "a.png"), "-o", str(tmp_path / f"{isa}.png"), "--precision", "bf16", "--device", "cpu",
+                            "--quiet", isa=isa)  # fmt: skip
+        assert explicit.returncode == 0, explicit.stderr
+        assert (WARNING in explicit.stderr) == (not native), explicit.stderr
+        assert len([line for line in explicit.stderr.splitlines() if "warning" in line]) == (0 if native else 1)
+        run = ["train", *TRAIN[:-1], "--data", str(images), "--device", "cpu"]
+        auto = cpu_bf16(*run, "--amp", "auto", "--out", str(tmp_path / f"auto-{isa}"), isa=isa)
+        assert auto.returncode == 0 and WARNING not in auto.stderr, auto.stderr
+        assert f"on cpu in {'bf16' if native else 'fp32'}," in auto.stderr, auto.stderr
+        forced = cpu_bf16(*run, "--amp", "bf16", "--out", str(tmp_path / f"bf16-{isa}"), isa=isa)
+        assert forced.returncode == 0 and (WARNING in forced.stderr) == (not native) and "in bf16," in forced.stderr, forced.stderr
+    assert cpu_bf16("train", "--config", "esrcli/weights/esr-tiny-x4.toml", "--print-config", isa=None).stdout.count('amp = "auto"') == 1
+
+
+def test_ray_refuses_a_gpu_index_before_starting_anything(files, tmp_path):
+    """Ray numbers each worker's GPUs from 0: a driver-side index would name another GPU, or none."""
+    result = esr("upscale", str(files / "a.png"), "-o", str(tmp_path / "o.png"), "--ray", "local", "--device", "cuda:1")
+    refused(result, "--device cuda:1 with --ray", "use --device cuda")
+    assert not (tmp_path / "o.png").exists()

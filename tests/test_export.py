@@ -74,7 +74,7 @@ def test_onnx_export_runs_in_onnxruntime_like_esr_upscale(name, tmp_path):
     out = tmp_path / f"{name}.onnx"
     result = esr("export", str(model), "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert "matches esr on test card" in result.output and "(11x13 crop)" in result.output
+    assert "matches esr on test card" in result.output and "(13x11 crop)" in result.output and "13x11" in result.output
     proto = onnx.load(str(out))
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["esr.scale"] == "4" and props["esr.arch"] == {"efdn": "efdn", "espan": "espan", "spanf": "spanf"}.get(name, "span")

@@ -124,7 +124,9 @@ def test_a_folder_through_ray_equals_a_local_run(cluster, tmp_path):
     (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
     local = esr("upscale", str(tmp_path / "in"), "-o", str(tmp_path / "local"), "--tile", "0", "--device", "cpu", "--quiet")
     assert local.returncode == 1  # the broken file
-    remote = esr("upscale", str(tmp_path / "in"), "-o", str(tmp_path / "ray"), "--tile", "0", "--ray", cluster, "--ray-workers", "2", "--json")
+    remote = esr(
+        "upscale", str(tmp_path / "in"), "-o", str(tmp_path / "ray"), "--tile", "0", "--ray", cluster, "--ray-workers", "2", "--json"
+    )
     assert remote.returncode == 1, remote.stderr
     summary = json.loads(remote.stdout)
     assert summary["ray"]["workers"] == 2 and summary["ray"]["retried"] == []
@@ -133,6 +135,22 @@ def test_a_folder_through_ray_equals_a_local_run(cluster, tmp_path):
     assert names == sorted(p.name for p in (tmp_path / "ray").iterdir()) and len(names) == 5  # no marker or partial left
     for name in names:
         assert np.array_equal(np.asarray(Image.open(tmp_path / "local" / name)), np.asarray(Image.open(tmp_path / "ray" / name)))
+
+
+def test_tiled_images_through_ray_equal_a_local_run_pixel_for_pixel(cluster, benchmark_data, tmp_path):
+    """Default tiling on an image larger than one tile: the driver's plan and thread count travel with the
+    task. With each worker on its own share of the CPUs (one thread), single pixels came out a level off."""
+    import esrcli
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "ppt3.png").symlink_to(benchmark_data / "Set14" / "HR" / "ppt3.png")  # one pixel differs with one thread
+    assert esrcli.load_model("esr-tiny", device="cpu").pipeline().count_tiles(656, 529) > 1  # blending and tile shapes matter
+    local = esr("upscale", str(tmp_path / "in"), "-o", str(tmp_path / "local"), "--device", "cpu", "--quiet")
+    assert local.returncode == 0, local.stderr
+    remote = esr("upscale", str(tmp_path / "in"), "-o", str(tmp_path / "ray"), "--ray", cluster, "--ray-workers", "2", "--json")
+    assert remote.returncode == 0, remote.stderr
+    a, b = (np.asarray(Image.open(tmp_path / side / "ppt3_x4.png")) for side in ("local", "ray"))
+    assert a.shape == (2624, 2116, 3) and np.array_equal(a, b), np.argwhere(a != b)[:5]
 
 
 def framemd5(path: Path) -> list[str]:
@@ -226,7 +244,20 @@ def test_ray_local_starts_and_stops_its_own_cluster(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
     local = esr("upscale", str(tmp_path / "in"), "-o", str(tmp_path / "plain"), "--tile", "0", "--device", "cpu", "--quiet")
     assert local.returncode == 0, local.stderr
-    args = [sys.executable, "-m", "esrcli", "upscale", str(tmp_path / "in"), "-o", str(tmp_path / "ray"), "--tile", "0", "--ray", "local", "--json"]
+    args = [
+        sys.executable,
+        "-m",
+        "esrcli",
+        "upscale",
+        str(tmp_path / "in"),
+        "-o",
+        str(tmp_path / "ray"),
+        "--tile",
+        "0",
+        "--ray",
+        "local",
+        "--json",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, **RAY_ENV}, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=300)

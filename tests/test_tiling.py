@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from esrcli.loading import place
-from esrcli.tiling import TilePlan, Upscaler, auto_plan, default_overlap, ramp, spans
+from esrcli.tiling import CPU_SPEED_PIXELS, TilePlan, Upscaler, auto_plan, default_overlap, even_spans, ramp, receptive_radius, spans
 from esrcli.weights import load_network
 
 
@@ -179,7 +182,117 @@ def test_grey_runs_replicated_and_averaged():
 def test_auto_plan_is_sane_on_this_machine():
     net = small_span()
     plan = auto_plan(net, 4, torch.device("cpu"), torch.float32)
-    assert 64 <= plan.tile <= 256 and plan.batch == 1 and plan.overlap == default_overlap(net)
+    assert plan.batch == 1 and plan.overlap == default_overlap(net) and 0 < plan.whole <= CPU_SPEED_PIXELS
+    assert (math.isqrt(plan.whole) - plan.tile) == 2 * plan.overlap  # a tile with its overlap fills the budget
+    up = Upscaler(net, 4, plan)
+    assert up.count_tiles(270, 480) == 1  # a small video frame runs whole (tiling it cost 14%: issue 21)
+
+
+def tile_pixels(plan: TilePlan, height: int, width: int) -> list[int]:
+    rows, cols = plan.grid(height, width)
+    ov = plan.overlap
+    return [(min(height, y1 + ov) - max(0, y0 - ov)) * (min(width, x1 + ov) - max(0, x0 - ov)) for y0, y1 in rows for x0, x1 in cols]
+
+
+@pytest.mark.parametrize("size", [(270, 480), (540, 960), (1080, 1920), (3000, 4000), (100, 5000), (2000, 40)])
+def test_the_planner_takes_the_least_work_grid_within_the_budget(size):
+    height, width = size
+    plan = TilePlan(400, 21, 1, whole=512 * 512)
+    pixels = tile_pixels(plan, height, width)
+    assert max(pixels) <= plan.whole or len(pixels) == 1
+    if height * width <= plan.whole:
+        assert pixels == [height * width]
+    best = min(  # every grid of near-equal tiles that fits, by brute force
+        sum(tile_pixels(TilePlan(0, 21, 1), 1, 1)) * 0 + sum(
+            (min(height, y1 + 21) - max(0, y0 - 21)) * (min(width, x1 + 21) - max(0, x0 - 21))
+            for y0, y1 in even_spans(height, r) for x0, x1 in even_spans(width, c)
+        )
+        for r in range(1, height // 32 + 1) for c in range(1, width // 32 + 1)
+        if all((min(height, y1 + 21) - max(0, y0 - 21)) * (min(width, x1 + 21) - max(0, x0 - 21)) <= plan.whole
+               for y0, y1 in even_spans(height, r) for x0, x1 in even_spans(width, c))
+    )  # fmt: skip
+    assert sum(pixels) <= best * 1.02  # the planner counts both overlaps per tile: within 2% of the true least
+
+
+def test_an_explicit_tile_cuts_cores_of_that_size_and_batches_within_the_budget():
+    assert TilePlan(100, 8, 4).grid(250, 300) == (spans(250, 100), spans(300, 100))
+    assert TilePlan(100, 8, 64, whole=10_000).per_call(2_500) == 4 and TilePlan(100, 8, 3).per_call(2_500) == 3
+
+
+def host_reference(network: nn.Module, pixels: np.ndarray, plan: TilePlan) -> np.ndarray:
+    """The blending maths in numpy on the host (float32 tiles read, blended and rounded there), as esr did
+    before pixels stayed integers on the device: the device path must give the same bits in fp32."""
+    h, w, c = pixels.shape
+    s, ov = 4, plan.overlap
+    context = receptive_radius(network)
+    dead = context if 0 < context <= ov else 0
+    fade = 2 * (ov - dead) * s
+    acc = np.zeros((h * s, w * s, c), np.float32)
+    wsum = np.zeros((h * s, w * s, 1), np.float32)
+    rows, cols = plan.grid(h, w)
+    for y0, y1 in rows:
+        ey0, ey1 = max(0, y0 - ov), min(h, y1 + ov)
+        wy = ramp((ey1 - ey0) * s, fade, ey0 == 0, ey1 == h, dead * s)[:, None, None]
+        for x0, x1 in cols:
+            ex0, ex1 = max(0, x0 - ov), min(w, x1 + ov)
+            x = torch.from_numpy((pixels[ey0:ey1, ex0:ex1].astype(np.float32) / 255)[None]).permute(0, 3, 1, 2)
+            with torch.inference_mode():
+                y = network(x.contiguous(memory_format=torch.channels_last)).float().clamp(0, 1).permute(0, 2, 3, 1).numpy()[0]
+            weight = wy * ramp((ex1 - ex0) * s, fade, ex0 == 0, ex1 == w, dead * s)[None, :, None]
+            acc[ey0 * s : ey1 * s, ex0 * s : ex1 * s] += y * weight
+            wsum[ey0 * s : ey1 * s, ex0 * s : ex1 * s] += weight
+    acc /= np.maximum(wsum, 1e-12)
+    return np.rint(acc * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("plan", [TilePlan(48, 21, 2), TilePlan(400, 21, 1, whole=90 * 70), TilePlan(0, 21, 1)])
+def test_integers_on_the_device_give_the_host_float_path_bit_for_bit(plan):
+    net = small_span()
+    image = photo(130, 100)
+    assert np.array_equal(run(Upscaler(net, 4, plan), image), host_reference(net, image, plan))
+
+
+class OverflowsOnBright(nn.Module):
+    """In reduced precision, inf for every sample that holds a bright pixel: an overflow in some tiles only."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        if x.dtype == torch.float32:
+            return y
+        bright = (x.flatten(1).amax(dim=1) > 0.99)[:, None, None, None]
+        return torch.where(bright, float("inf"), y)
+
+
+def test_only_the_tiles_that_overflow_are_redone_with_true_fp32_weights():
+    fp32 = small_span()
+    half = OverflowsOnBright(copy.deepcopy(fp32).to(torch.bfloat16))
+    image = (photo(96, 48).astype(np.float32) * 0.5).astype(np.uint8)  # nothing bright...
+    image[:, 72:] = 255  # ...but the right quarter
+    plan = TilePlan(48, 21, 2)
+    upscaler = Upscaler(half, 4, plan, fp32=OverflowsOnBright(fp32))
+    out = run(upscaler, image)
+    assert upscaler.retries["fp32"] == 1  # of two tiles, one saw the bright band
+    reference = run(Upscaler(fp32, 4, plan), image)
+    right, left = np.s_[:, (48 + 21) * 4 :], np.s_[:, : (48 - 21) * 4]
+    assert np.array_equal(out[right], reference[right])  # redone by the fp32 weights as loaded, from fp32 input
+    assert not np.array_equal(out[left], reference[left])  # the rest stayed in bf16
+    widened = Upscaler(half, 4, plan)  # without fp32 weights: bf16 weights widened, not the same network
+    assert not np.array_equal(run(widened, image)[right], reference[right])
+
+
+def test_a_half_precision_model_keeps_fp32_weights_from_the_file():
+    import esrcli
+
+    model = esrcli.load_model("esr-tiny", device="cpu", precision="bf16")
+    upscaler = model.pipeline(tile=0).upscalers[4]
+    exact = esrcli.load_model("esr-tiny", device="cpu").network
+    assert upscaler.dtype == torch.bfloat16 and upscaler._fp32 is not None
+    for a, b in zip(upscaler._fp32.parameters(), exact.parameters()):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
 
 
 def test_whole_frames_batched_equal_frames_one_by_one():

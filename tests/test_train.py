@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -288,7 +290,9 @@ def test_interrupt_saves_a_checkpoint_and_resume_finishes(images, tmp_path, sign
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
+        while time.time() < deadline and not (
+            (run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= 3
+        ):
             time.sleep(0.2)
         os.killpg(proc.pid, signum)
         _, err = proc.communicate(timeout=60)
@@ -387,3 +391,157 @@ def test_init_carries_an_x4_body_into_an_x2_run(images, tmp_path):
     wrong = config(images, **{"model.arch": "efdn", "model.form": "fused", "model.init": str(tmp_path / "x4")})
     with pytest.raises(TrainingError, match="is a span model, but this run trains efdn"):
         Trainer(wrong, tmp_path / "wrong")
+
+
+# --- the loop without host syncs, EMA in one call, data workers ---------------------------------
+
+
+def test_ema_in_one_foreach_call_equals_the_loop_of_lerps(images, tmp_path):
+    """_update_ema's torch._foreach_lerp_ gives the very bits of the per-parameter Tensor.lerp_ loop it
+    replaced, frozen parameters (LoRA students) left alone, buffers copied."""
+    from esrcli.train.trainer import build_network
+
+    cfg = config(images, **{"optim.ema": 0.99})
+    torch.manual_seed(cfg.run.seed)
+    network = build_network(cfg)
+    frozen = next(network.parameters())
+    frozen.requires_grad_(False)
+    trainer = Trainer(cfg, tmp_path / "run", network=network)
+    lr, hr = fixed_batch(cfg, images)
+    for _ in range(4):  # weights and EMA apart, as in a run; decays (1 + s) / (10 + s) up to 0.99
+        before = [e.detach().clone() for e in trainer.ema.parameters()]
+        decay = min(cfg.optim.ema, (1 + trainer.step) / (10 + trainer.step))
+        trainer.train_step(lr, hr)  # updates the EMA with that decay
+        expected = [b.lerp_(p.detach(), 1.0 - decay) if p.requires_grad else b for b, p in zip(before, trainer.network.parameters())]
+        for got, want in zip(trainer.ema.parameters(), expected):
+            assert torch.equal(got, want)
+    assert torch.equal(next(trainer.ema.parameters()), frozen)  # the frozen tensor never moved
+    for e, b in zip(trainer.ema.buffers(), trainer.network.buffers()):
+        assert torch.equal(e, b)
+
+
+def records_of(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_the_loop_reads_the_device_once_per_record_and_logs_the_window_mean(images, tmp_path, monkeypatch):
+    """fit leaves losses on the device and reads them in one transfer per record; a record's loss is
+    the mean over the steps since the last one, its terms the last step's, as before."""
+    every_step = Trainer(config(images, **{"data.val": ""}), tmp_path / "a")
+    every_step.fit()
+    reads, host_numbers = [], []
+    original_read = Trainer._read
+
+    def counting_read(self, losses, parts):
+        reads.append(len(losses))
+        return original_read(self, losses, parts)
+
+    def counting_float(self: torch.Tensor) -> float:  # float() of a tensor in the loop: a wait for the device every step
+        host_numbers.append(tuple(self.shape))
+        return self.item()
+
+    monkeypatch.setattr(Trainer, "_read", counting_read)
+    third = Trainer(config(images, **{"data.val": "", "run.log_every": 3, "run.ckpt_every": 0}), tmp_path / "b")
+    monkeypatch.setattr(torch.Tensor, "__float__", counting_float)
+    third.fit()
+    monkeypatch.undo()
+    assert reads == [3, 3] and host_numbers == []
+    a, b = records_of(tmp_path / "a"), records_of(tmp_path / "b")
+    assert [r["step"] for r in b] == [3, 6] and all(set(r) == set(a[0]) == {"step", "loss", "l1", "lr", "it_s"} for r in b)
+    by_step = {r["step"]: r for r in a}
+    for record in b:
+        window = [by_step[s]["loss"] for s in range(record["step"] - 2, record["step"] + 1)]
+        assert record["loss"] == pytest.approx(sum(window) / 3, rel=1e-12)
+        assert record["l1"] == by_step[record["step"]]["l1"] and record["lr"] == by_step[record["step"]]["lr"]
+
+
+def nan_from(step: int) -> Callable:
+    """A loss hook whose term turns NaN from `step` (1-based) on: weights and gradients go NaN as in a real divergence."""
+    calls = []
+
+    def hook(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        calls.append(1)
+        return (sr.sum() * float("nan") if len(calls) >= step else sr.new_zeros(())), {}
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    "log_every,ckpt_every,bad,saved",
+    [(3, 3, 5, 3), (4, 3, 2, None), (1, 0, 4, None)],
+    ids=["found-when-logging", "found-before-a-checkpoint", "every-step"],
+)
+def test_a_diverging_run_stops_at_its_first_non_finite_step(images, tmp_path, log_every, ckpt_every, bad, saved):
+    """The NaN check happens where the losses are read (records, validation, checkpoints): the error names
+    the first bad step, and no checkpoint holds the diverged weights."""
+    cfg = config(images, **{"data.val": "", "run.log_every": log_every, "run.ckpt_every": ckpt_every})
+    trainer = Trainer(cfg, tmp_path / "run", loss_hook=nan_from(bad))
+    with pytest.raises(TrainingError, match=rf"^step {bad}: the loss is nan; lower optim.lr"):
+        trainer.fit()
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    assert (torch.load(checkpoint, weights_only=True)["step"] if checkpoint.exists() else None) == saved
+    assert all(r["step"] < bad and math.isfinite(r["loss"]) for r in records_of(tmp_path / "run"))
+    stepped = Trainer(cfg, tmp_path / "by-hand", loss_hook=nan_from(1))  # train_step still refuses before the update
+    weights = [p.detach().clone() for p in stepped.network.parameters()]
+    lr, hr = fixed_batch(cfg, images)
+    with pytest.raises(TrainingError, match="^step 1: the loss is nan"):
+        stepped.train_step(lr, hr)
+    assert all(torch.equal(p, w) for p, w in zip(stepped.network.parameters(), weights))
+
+
+def test_data_workers_auto_takes_the_free_cores_and_is_shown(images, tmp_path, monkeypatch):
+    from esrcli.train import data
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    monkeypatch.setattr(data, "usable_cores", lambda: 16)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert [data.resolve_workers("auto", cpu), data.resolve_workers("auto", cuda), data.resolve_workers(3, cuda)] == [12, 15, 3]
+    assert [data.resolve_workers("auto", cpu, local_world=2), data.resolve_workers("auto", cuda, local_world=2)] == [4, 7]
+    monkeypatch.setattr(data, "usable_cores", lambda: 4)
+    assert [data.resolve_workers("auto", cpu), data.resolve_workers("auto", cuda, local_world=8)] == [0, 1]
+    assert data.resolve_workers("auto", cpu, degraded=True) == 1  # a degradation preset: one worker overlaps it with the step
+    monkeypatch.setattr(data, "usable_cores", lambda: 256)
+    assert data.resolve_workers("auto", cuda) == data.MAX_AUTO_WORKERS
+    monkeypatch.setattr(data.multiprocessing, "get_start_method", lambda allow_none: "spawn")  # macOS: a copy of the images each
+    assert data.resolve_workers("auto", torch.device("mps")) == data.MAX_AUTO_WORKERS_UNFORKED
+    monkeypatch.undo()
+
+    cfg = TrainConfig()
+    assert cfg.data.workers == "auto" and 'workers = "auto"' in cfg.to_toml()
+    for value, expected in (("2", 2), ("auto", "auto"), (1, 1), (2.0, 2)):
+        cfg.set("data.workers", value)
+        assert cfg.data.workers == expected
+    for bad in (-1, "many", True, 1.5):
+        cfg.set("data.workers", bad)
+        with pytest.raises(ConfigError, match="'data.workers' must be 0 or more, or auto"):
+            cfg.validate()
+
+    pinned = []
+    original = __import__("esrcli.train.trainer", fromlist=["make_loader"]).make_loader
+    monkeypatch.setattr("esrcli.train.trainer.make_loader", lambda *a, **k: pinned.append(k["pin_memory"]) or original(*a, **k))
+    run = tmp_path / "run"
+    common = ["train", "--arch", "span", "--channels", "4", "--scale", "2", "--steps", "2", "--batch", "2", "--lr-patch", "12"]
+    result = CliRunner().invoke(main, [*common, "--data", str(images), "--device", "cpu", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    expected = max(0, min(data.MAX_AUTO_WORKERS, data.usable_cores() - torch.get_num_threads()))
+    assert f"{expected} data worker(s) (auto)" in result.output and pinned == [False]  # pinned memory only for CUDA
+    assert 'workers = "auto"' in (run / "config.toml").read_text()  # resolved again where the run resumes
+    printed = CliRunner().invoke(main, [*common, "--workers", "auto", "--set", "data.workers=3", "--print-config"])
+    assert printed.exit_code == 0 and "workers = 3" in printed.output
+    refused = CliRunner().invoke(main, [*common, "--workers", "some", "--print-config"])
+    assert refused.exit_code == 2 and "neither a whole number nor auto" in refused.output
+
+
+def test_a_gpu_starved_by_its_degradations_is_warned_about():
+    from esrcli.train.data import starvation_warning
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    message = starvation_warning("realesrgan", 2, 16, 48, 4, cuda)
+    assert message is not None and "\n" not in message
+    assert "~14 CPU-ms per 208 px sample: 2 data worker(s) make ~143 samples/s, 8.9 steps/s at batch 16" in message
+    assert "likely fewer than cuda trains" in message and "at least 3" in message
+    assert "the training process itself" in starvation_warning("light", 0, 64, 64, 4, cuda)
+    assert starvation_warning("realesrgan", 2, 16, 48, 4, cpu) is None  # on the CPU the data and the network share the cores
+    assert starvation_warning("realesrgan", 15, 16, 48, 4, cuda) is None
+    assert starvation_warning("none", 0, 16, 48, 4, cuda) is None

@@ -19,7 +19,7 @@ Examples:
   esr video in.mp4 out.mp4                every frame, audio and subtitle kept
   esr models list                         the models you can name with -m
   esr models fetch span-tiny              download, verify and fuse once
-  esr bench quality -m efdn --data Set5   PSNR/SSIM on a benchmark set
+  esr bench quality -m efdn --data sets/Set5  PSNR/SSIM on a set you downloaded
   esr bench speed -m span-tiny --size 320x180
 """
 

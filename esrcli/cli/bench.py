@@ -28,10 +28,19 @@ def _size(value: str) -> tuple[int, int]:
         raise click.BadParameter(f"'{value}' is not WIDTHxHEIGHT, e.g. 320x180") from None
 
 
+def _set_folder(path: Path) -> Path:
+    if not path.is_dir():
+        raise click.BadParameter(
+            f"{path}: no such folder. esr ships no benchmark sets: download one (Set5, Set14, BSD100...) and pass its folder, "
+            "holding HR/ and optionally LR_bicubic/X4/ (or simply images)"
+        )
+    return path
+
+
 BENCH_EXAMPLES = """\b
 Examples:
-  esr bench quality -m efdn --data Set5 --data Set14        PSNR/SSIM on Y, the papers' protocol
-  esr bench quality -m span-ntire24 --data Set14 --metric rgb --json
+  esr bench quality -m efdn --data sets/Set5 --data sets/Set14   PSNR/SSIM on Y, the papers' protocol
+  esr bench quality -m span-ntire24 --data sets/Set14 --metric rgb --json
   esr bench speed -m span-tiny --size 1280x720 --device cuda --precision fp16
 """
 
@@ -45,7 +54,7 @@ def bench() -> None:
     "quality",
     epilog="""\b
 Examples:
-  esr bench quality -m efdn --data Set5 --data Set14 --data BSD100
+  esr bench quality -m efdn --data sets/Set5 --data sets/Set14 --data sets/BSD100
   esr bench quality -m runs/span26 --data val/ --limit 10 --json
 """,
 )
@@ -55,8 +64,9 @@ Examples:
     "data_dirs",
     multiple=True,
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A set folder with HR/ and optionally LR_bicubic/X{s}/ (repeatable).",
+    type=click.Path(file_okay=False, path_type=Path),
+    callback=lambda ctx, param, values: [_set_folder(v) for v in values],
+    help="A benchmark set you downloaded (esr ships none): a folder with HR/ and optionally LR_bicubic/X{s}/, or of images (repeatable).",
 )
 @click.option("-s", "--scale", type=click.IntRange(2, 16), help="Which registry variant (default: the model's first).")
 @click.option(

@@ -6,9 +6,9 @@ import json
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -16,14 +16,13 @@ from rich.console import Console
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
-from ..errors import EsrError
+from ..errors import EsrError, EsrWarning
 
 if TYPE_CHECKING:  # the heavy modules (torch, numpy) load only when a command does real work
     from ..api import Model
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
-
 
 
 def fail(message: str) -> None:
@@ -66,7 +65,8 @@ class EsrGroup(click.Group):
     with ESR_DEBUG=1): it is a defect to fix, but not one a user should have to read Python for."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        with interruptible():
+        with interruptible(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
             try:
                 return super().invoke(ctx)
             except EsrError as exc:
@@ -83,8 +83,23 @@ class EsrGroup(click.Group):
             except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
                 if os.environ.get("ESR_DEBUG"):
                     raise
-                fail(f"unexpected {type(exc).__name__}: {_one_line(exc)} (a defect in esr: please report it; ESR_DEBUG=1 shows the traceback)")
+                fail(
+                    f"unexpected {type(exc).__name__}: {_one_line(exc)} (a defect in esr: please report it; ESR_DEBUG=1 shows the traceback)"
+                )
                 ctx.exit(1)
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None
+) -> None:
+    """The library's EsrWarnings as one line, like errors; anything else as Python shows it."""
+    if issubclass(category, EsrWarning):
+        stderr.print(f"[yellow]esr: warning:[/] {_one_line(Exception(str(message)))}", highlight=False)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
 
 
 def _one_line(exc: BaseException) -> str:
@@ -105,6 +120,18 @@ class FiniteFloat(click.FloatRange):
 
 
 FINITE_SECONDS = FiniteFloat(min=0)
+
+
+def name_part(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for options that become part of a file name: refused before any work."""
+    from ..paths import OutputNameError, check_name_part
+
+    if value is not None:
+        try:
+            check_name_part(value, f"--{param.name}")
+        except OutputNameError as exc:
+            raise click.BadParameter(str(exc).split(": ", 1)[1], ctx, param) from None
+    return value
 
 
 class RateColumn(ProgressColumn):
@@ -153,12 +180,31 @@ def open_model(model_ref: str, device: str, precision: str, *, scale: float | No
     return Model(model_ref, scale=scale, device=device, precision=precision, progress=progress)
 
 
+def open_pipeline(model_ref: str, device: str, precision: str, *, scale, tile, overlap, batch, ray: bool, progress: bool):
+    """The model and the pipeline -s, --tile, --overlap and --batch ask for. With --ray the model is opened
+    on this machine's CPU only to plan: the work, and the device memory, are the workers'; the plan is
+    made for the device this machine would use, so the pixels equal a local run's. Also returns that
+    device and precision: where the work runs, as a local run would."""
+    if not ray:
+        model = open_model(model_ref, device, precision, scale=scale, progress=progress)
+        return model, model.pipeline(scale, tile=tile, overlap=overlap, batch=batch), (model.device, model.dtype)
+    from ..device import resolve_device, resolve_precision
+    from ..raydist import check_device
+
+    check_device(device)
+    target = resolve_device(device)
+    plan_for = (target, resolve_precision(precision, target))
+    model = open_model(model_ref, "cpu", "fp32", scale=scale, progress=progress)
+    return model, model.pipeline(scale, tile=tile, overlap=overlap, batch=batch, plan_for=plan_for), plan_for
+
+
 def ray_options(f: Callable) -> Callable:
     """--ray and --ray-workers, shared by `esr upscale` and `esr video`."""
     f = click.option(
         "--ray-workers",
         type=click.IntRange(min=1),
-        help="CPU workers on the cluster (default: one per CPU; with GPUs, one per GPU).",
+        help="CPU workers on the cluster (default: one per N CPUs, N being the threads a local run uses, so the pixels equal "
+        "a local run's; with GPUs, one per GPU).",
     )(f)
     f = click.option(
         "--ray",
@@ -168,14 +214,6 @@ def ray_options(f: Callable) -> Callable:
         'Needs pip install "esrcli[ray]" and a filesystem the workers share.',
     )(f)
     return f
-
-
-def worker_spec(model_ref: str, device: str, precision: str, scale, tile, overlap, batch):
-    from ..raydist import WorkerSpec
-
-    if Path(model_ref).exists():  # workers start elsewhere: a relative path would not find the file
-        model_ref = str(Path(model_ref).resolve())
-    return WorkerSpec(model_ref, device, precision, scale, tile, overlap, batch, threads=0)
 
 
 def tiling_options(f: Callable) -> Callable:

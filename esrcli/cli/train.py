@@ -47,6 +47,20 @@ FLAG_KEYS = {
 }
 
 
+class Workers(click.ParamType):
+    """--workers: a count, or auto (what data.workers = "auto" means: the cores the training process leaves free)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a whole number nor auto", param, ctx)
+
+
 def resolve_config(options: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     """Defaults, then a file (or the run's own config when resuming), then flags, then --set: later wins."""
     config, resume = options.get("config"), options.get("resume")
@@ -110,7 +124,9 @@ def run_training(trainer: Trainer, quiet: bool) -> None:
             elif kind == "start":
                 if not quiet:
                     progress.console.print(
-                        f"training on {event['images']} images, {event['world']} process(es), from step {event['step']}", highlight=False
+                        f"training on {event['images']} images, {event['world']} process(es) on {event['device']} in {event['precision']}, "
+                        f"{event['workers']} data worker(s){' (auto)' if trainer.cfg.data.workers == 'auto' else ''}, from step {event['step']}",
+                        highlight=False,
                     )
                 if event["left_out"]:  # shown even with --quiet: it changes what the run learns from
                     stderr.print(
@@ -158,9 +174,18 @@ def run_options(f):
             click.option("--batch", type=int, help="Batch size per process."),
             click.option("--lr-patch", type=int, help="LR crop size."),
             click.option("--lr", type=FiniteFloat(min=0, min_open=True), help="Learning rate."),
-            click.option("--workers", type=int, help="DataLoader workers."),
+            click.option(
+                "--workers",
+                type=Workers(),
+                help="DataLoader worker processes making the batches (default auto: the cores the training leaves free; "
+                "0 on a CPU that training already fills).",
+            ),
             click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
-            click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), help="Mixed precision."),
+            click.option(
+                "--amp",
+                type=click.Choice(["none", "auto", "bf16", "fp16"]),
+                help="Mixed precision; auto: bf16 where the device computes it natively (CUDA, CPUs with AVX-512 BF16 or AMX), else none.",
+            ),
             click.option(
                 "--degradation",
                 type=click.Choice(list(PRESETS)),

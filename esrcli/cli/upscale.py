@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
@@ -16,12 +15,12 @@ from .common import (
     fail,
     interrupt_code,
     model_option,
-    open_model,
+    name_part,
+    open_pipeline,
     print_json,
     ray_options,
     stderr,
     tiling_options,
-    worker_spec,
 )
 
 EXAMPLES = """\b
@@ -41,7 +40,7 @@ Examples:
 @click.option("-s", "--scale", type=float, help="Any factor > 1 (e.g. 2, 3, 4, 1.5, 8). Default: the model's scale.")
 @tiling_options
 @click.option("-r", "--recursive", is_flag=True, help="Descend into subfolders; outputs mirror the input tree under -o.")
-@click.option("--suffix", help="Added to output names. Default: _x{scale}.")
+@click.option("--suffix", callback=name_part, help="Added to output names (no folders). Default: _x{scale}.")
 @click.option("--format", "fmt", type=click.Choice(["same", *FORMATS]), default="same", show_default=True, help="Output format.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality.")
 @click.option("--skip-existing/--overwrite", default=True, show_default=True, help="Leave existing outputs alone, or replace them.")
@@ -84,12 +83,12 @@ def upscale(
 ) -> None:
     """Upscale images: files, folders and globs, tiled seamlessly, with nothing lost from the file."""
     from ..atomic import remove_stale_partials
-    from ..batch import Settings, plan_batch, run_batch
+    from ..batch import Settings, plan_batch
+    from ..jobs import ModelSpec, Ray, upscale_files
     from ..scaling import format_scale
 
-    started = time.perf_counter()
-    model = open_model(model_ref, device, precision, scale=scale, progress=not (quiet or as_json))
-    pipeline = model.pipeline(scale, tile=tile, overlap=overlap, batch=batch)
+    model, pipeline, (runs_on, runs_in) = open_pipeline(model_ref, device, precision, scale=scale, tile=tile, overlap=overlap, batch=batch,
+                                                        ray=bool(ray_address), progress=not (quiet or as_json))  # fmt: skip
     plan = pipeline.plan
     settings = Settings(quality=quality, alpha_mode=alpha_mode, overwrite=not skip_existing, allow_large=allow_large)
     jobs = plan_batch(
@@ -98,25 +97,20 @@ def upscale(
     if verbose and not as_json:
         tiles = pipeline.upscalers[plan.passes[0]].plan
         tiling = "whole image" if tiles.tile == 0 else f"tiles of {tiles.tile} px, overlap {tiles.overlap}, up to {tiles.batch} per call"
+        if tiles.whole:
+            tiling = f"whole images up to {tiles.whole / 1e6:.2f} MP, larger ones in the fewest tiles that fit (overlap {tiles.overlap})"
         stderr.print(
-            f"model {model.name} ({model.arch}, {model.params:,} params) on {model.device} in {str(model.dtype).removeprefix('torch.')}",
+            f"model {model.name} ({model.arch}, {model.params:,} params) on {runs_on} in {str(runs_in).removeprefix('torch.')}",
             highlight=False,
         )
         stderr.print(f"scale x{format_scale(plan.target)}: {plan.describe()}; {tiling}", highlight=False)
     for folder in {task.output.parent for task in jobs.tasks}:
         remove_stale_partials(folder)  # left by an esr that was killed outright
-
-    outcomes = list(jobs.failures)
-    for failure in jobs.failures:
-        if not as_json:
+    if not as_json:
+        for failure in jobs.failures:
             fail(failure.error)
+    ray = Ray(ray_address, ray_workers or 0).open() if ray_address else None  # before any progress bar: a refusal is one line
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
-    interrupted: KeyboardInterrupt | None = None
-    cluster = None
-    if ray_address:
-        from .. import raydist
-
-        ray = raydist.connect(ray_address)  # before any progress bar: a refusal is one line
     with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
         files = progress.add_task("files", total=len(jobs.tasks))
         tiles_task = progress.add_task("tiles", total=None, visible=False)
@@ -132,51 +126,27 @@ def upscale(
                 progress.console.print(f"skipped: {outcome.error}", highlight=False)
             progress.advance(files)
 
-        collected: list = []
         try:
-            if ray_address:
-                spec = worker_spec(model_ref, device, precision, scale, tile, overlap, batch)
-                collected, cluster = raydist.upscale_images(ray, jobs.tasks, settings, spec, workers=ray_workers or 0, on_outcome=finished)
-            else:
-                run_batch(jobs.tasks, pipeline, settings, on_start=start, on_tile=lambda n: progress.advance(tiles_task, n),
-                          on_outcome=lambda o: (collected.append(o), finished(o)))  # fmt: skip
-        except KeyboardInterrupt as exc:  # the file being written was finished; nothing half-written remains
-            interrupted = exc
-        outcomes.extend(collected)
+            run = upscale_files(jobs, pipeline, settings, ModelSpec(model_ref, device, precision, scale), ray=ray, on_start=start,
+                                on_tile=lambda n: progress.advance(tiles_task, n), on_outcome=finished)  # fmt: skip
+        finally:
+            if ray is not None:
+                ray.close()
 
-    done = [o for o in outcomes if o.status == "done"]
-    skipped = [o for o in outcomes if o.status == "skipped"]
-    failed = [o for o in outcomes if o.status == "failed"]
-    if ray_address:
-        raydist.disconnect(ray)
-    seconds = time.perf_counter() - started
+    done, skipped, failed = run.of("done"), run.of("skipped"), run.of("failed")
     if as_json:
-        print_json(
-            {
-                "model": model.name,
-                "scale": plan.target,
-                "plan": plan.describe(),
-                "inputs": len(jobs.tasks) + len(jobs.failures),
-                "outputs": [{"input": str(o.source), "output": str(o.output), "seconds": round(o.seconds, 3)} for o in done],
-                "skipped": [{"input": str(o.source), "output": str(o.output)} for o in skipped],
-                "failures": [{"input": str(o.source), "error": o.error} for o in failed],
-                "retries": pipeline.retries,
-                **({"ray": {"workers": cluster.workers, "gpus": cluster.gpus, "retried": cluster.retried}} if cluster else {}),
-                "interrupted": interrupted is not None,
-                "seconds": round(seconds, 3),
-            }
-        )
-    elif not quiet or failed or interrupted:
-        summary = f"{len(done)} upscaled, {len(skipped)} skipped, {len(failed)} failed in {seconds:.1f} s"
-        if interrupted is not None:
-            summary = f"interrupted after {len(outcomes) - len(jobs.failures)} of {len(jobs.tasks)} files: {summary}"
-        stderr.print(summary if not (failed or interrupted) else f"[bold red]{summary}[/]", highlight=False)
+        print_json(run.summary(model=model.name, pipeline=pipeline))
+    elif not quiet or failed or run.interrupted:
+        summary = f"{len(done)} upscaled, {len(skipped)} skipped, {len(failed)} failed in {run.seconds:.1f} s"
+        if run.interrupted is not None:
+            summary = f"interrupted after {len(run.outcomes) - len(jobs.failures)} of {len(jobs.tasks)} files: {summary}"
+        stderr.print(summary if not (failed or run.interrupted) else f"[bold red]{summary}[/]", highlight=False)
         if len(failed) > 1:
             for o in failed:
                 stderr.print(f"  {o.error}", highlight=False, markup=False)
-        if cluster and cluster.retried:
-            stderr.print(f"retried on another worker after one died: {', '.join(cluster.retried)}", highlight=False, markup=False)
-    if interrupted is not None:
-        raise SystemExit(interrupt_code(interrupted))
+        if run.cluster and run.cluster.retried:
+            stderr.print(f"retried on another worker after one died: {', '.join(run.cluster.retried)}", highlight=False, markup=False)
+    if run.interrupted is not None:
+        raise SystemExit(interrupt_code(run.interrupted))
     if failed:
         raise SystemExit(1)

@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..registry import DEFAULT_MODEL
@@ -17,13 +18,14 @@ from .common import (
     fail,
     interrupt_code,
     model_option,
-    open_model,
+    open_pipeline,
     print_json,
     ray_options,
     stderr,
     tiling_options,
-    worker_spec,
 )
+
+HWACCEL_CHOICES = ["none", "auto", "cuda"]  # esrcli.video.HWACCELS, without importing it (and torch) for --help
 
 EXAMPLES = """\b
 Examples:
@@ -31,7 +33,14 @@ Examples:
   esr video in.mkv out.mkv -m span -s 2 --crf 16    every audio/subtitle track and chapter kept
   esr video in.mp4 out.mp4 --codec libx265 --pix-fmt yuv420p10le --preset slow
   esr video in.mp4 out.mp4 --resume                 continue after Ctrl-C, a kill or a crash
+  esr video in.mp4 out.mp4 --codec hevc_nvenc --crf 20 --hwaccel auto
+                                                    NVIDIA: encode on the GPU, and decode there where it can
 """
+
+
+def _line(exc: Exception) -> str:
+    """The error as one line of plain text: a file name like "[draft] clip.mp4" is not Rich markup."""
+    return escape(" ".join(str(exc).split()))
 
 
 def _rate(value: str | None) -> Fraction | None:
@@ -52,11 +61,21 @@ def _rate(value: str | None) -> Fraction | None:
 @model_option(DEFAULT_MODEL)
 @click.option("-s", "--scale", type=float, help="Any factor > 1. Default: the model's scale.")
 @tiling_options
-@click.option("--codec", default="libx264", show_default=True, help="Any ffmpeg video encoder: libx264, libx265, libvpx-vp9, ffv1...")
 @click.option(
-    "--crf", type=int, default=18, show_default=True, help="Constant-quality factor (ignored by codecs without one: pass --crf -1)."
+    "--codec",
+    default="libx264",
+    show_default=True,
+    help="Any ffmpeg video encoder: libx264, libx265, libvpx-vp9, ffv1..., or a hardware one: h264_nvenc, hevc_nvenc, av1_nvenc "
+    "(NVIDIA), *_qsv (Intel), *_vaapi (Linux VAAPI), *_amf (AMD), *_vulkan.",
 )
-@click.option("--preset", help="Encoder preset, e.g. slow.")
+@click.option(
+    "--crf",
+    type=int,
+    help="Constant-quality factor, lower is better: 0-51 for libx264/libx265, 0-63 for libvpx-vp9 and AV1, 4-63 for libvpx. "
+    "Hardware encoders take it as their own option: NVENC -cq (1-51, AV1 1-63), QSV -global_quality (1-51), VAAPI/AMF/Vulkan "
+    "constant QP (to 51, or 255 for AV1/VP9). -1 leaves rate control to the encoder.  [default: 18; 72 on 0-255 scales]",
+)
+@click.option("--preset", help="Encoder preset: e.g. slow (x264, x265, QSV), p1-p7 (NVENC), speed/balanced/quality (AMF).")
 @click.option("--pix-fmt", default="yuv420p", show_default=True, help="Output pixel format, e.g. yuv420p10le for 10 bits.")
 @click.option("--fps", help="Output frame rate (every frame is kept; the duration follows). Default: the input's exact rate.")
 @click.option(
@@ -66,10 +85,23 @@ def _rate(value: str | None) -> Fraction | None:
     help="Extra encoder argument, passed as is (repeatable): --ffmpeg-arg=-tune --ffmpeg-arg=film.",
 )
 @click.option(
-    "--segment", "segment_seconds", type=FiniteFloat(min=0.5, max=3600), default=10.0, show_default=True, help="Seconds per resumable segment."
+    "--segment",
+    "segment_seconds",
+    type=FiniteFloat(min=0.5, max=3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds per resumable segment.",
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same input and settings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (or an interrupted run's parts).")
+@click.option(
+    "--hwaccel",
+    type=click.Choice(HWACCEL_CHOICES),
+    default="none",
+    show_default=True,
+    help="Decode the input on the GPU: cuda (NVIDIA; fails at once where it cannot), or auto: cuda where it works, else the CPU. "
+    "The frames are the same.",
+)
 @click.option(
     "--allow-truncated",
     is_flag=True,
@@ -98,6 +130,7 @@ def video(
     resume,
     overwrite,
     allow_truncated,
+    hwaccel,
     device,
     precision,
     ray_address,
@@ -107,28 +140,33 @@ def video(
     as_json,
 ) -> None:
     """Upscale a video: exact frame count and rate, every stream kept, resumable."""
+    from ..jobs import ModelSpec, Ray, upscale_one_video, video_summary
     from ..scaling import format_scale
-    from ..video import EncodeSettings, VideoError, VideoJob, upscale_video
+    from ..video import EncodeSettings, VideoError, VideoJob, check_hardware, check_output, default_crf, parts_dir
 
     started = time.perf_counter()
-    model = open_model(model_ref, device, precision, scale=scale, progress=not (quiet or as_json))
-    pipeline = model.pipeline(scale, tile=tile, overlap=overlap, batch=batch)
-    plan = pipeline.plan
     encode = EncodeSettings(
         codec=codec,
-        crf=None if crf is not None and crf < 0 else crf,
+        crf=default_crf(codec) if crf is None else None if crf < 0 else crf,
         preset=preset,
         pix_fmt=pix_fmt,
         fps=_rate(fps),
         extra=list(ffmpeg_args),
     )
-    job = VideoJob(src, dst, pipeline, encode, model_key=f"{model.name}:{model.source}:{model.dtype}",
+    try:  # an output that cannot be made, a --crf the encoder cannot take, hardware that is not there: one line before the model loads
+        check_output(src, dst, overwrite=overwrite)
+        encode.check(dst)
+        check_hardware(encode, hwaccel, src, dst)
+    except VideoError as exc:
+        fail(_line(exc))
+        raise SystemExit(1) from None
+    model, pipeline, (runs_on, runs_in) = open_pipeline(model_ref, device, precision, scale=scale, tile=tile, overlap=overlap, batch=batch,
+                                    ray=bool(ray_address), progress=not (quiet or as_json))  # fmt: skip
+    plan = pipeline.plan
+    job = VideoJob(src, dst, pipeline, encode, model_key=f"{model.name}:{model.source}:{runs_in}",
                    segment_seconds=segment_seconds, resume=resume, overwrite=overwrite,
-                   allow_truncated=allow_truncated)  # fmt: skip
-    if ray_address:
-        from .. import raydist
-
-        ray = raydist.connect(ray_address)  # before any progress bar: a refusal is one line
+                   allow_truncated=allow_truncated, hwaccel=hwaccel)  # fmt: skip
+    ray = Ray(ray_address, ray_workers or 0).open() if ray_address else None  # before any progress bar: a refusal is one line
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
         task = progress.add_task("frames", total=None)
@@ -138,55 +176,50 @@ def video(
                 timing = f"{info.rate} fps" + (" (variable: output at this average rate)" if info.vfr else "")
                 kinds = ", ".join(f"{s.kind} {s.codec}" for s in info.streams)
                 progress.console.print(
-                    f"{src}: {info.width}x{info.height}, {info.frames} frames, {timing}; streams: {kinds}", highlight=False
+                    f"{src}: {info.width}x{info.height}, {info.frames} frames, {timing}; streams: {kinds}", highlight=False, markup=False
                 )
                 progress.console.print(
-                    f"model {model.name} on {model.device} ({str(model.dtype).removeprefix('torch.')}), x{format_scale(plan.target)}: {plan.describe()}",
+                    f"model {model.name} on {runs_on} ({str(runs_in).removeprefix('torch.')}), x{format_scale(plan.target)}: {plan.describe()}",
                     highlight=False,
+                    markup=False,
                 )
 
         def on_progress(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        cluster = None
         try:
-            if ray_address:
-                spec = worker_spec(model_ref, device, precision, scale, tile, overlap, batch)
-                result, cluster = raydist.upscale_video(ray, job, spec, workers=ray_workers or 0, on_progress=on_progress, on_info=on_info)
-            else:
-                result = upscale_video(job, on_progress=on_progress, on_info=on_info)
+            result, cluster = upscale_one_video(job, ModelSpec(model_ref, device, precision, scale), ray=ray, on_progress=on_progress,
+                                                on_info=on_info)  # fmt: skip
         except KeyboardInterrupt as exc:
             progress.stop()
-            fail("interrupted: finished segments are kept; run the same command with --resume to continue")
+            folder = parts_dir(dst)
+            fail(
+                f"interrupted: finished segments are kept in {escape(str(folder))}; run the same command with --resume to continue"
+                if folder.is_dir()
+                else "interrupted before any segment was finished; nothing is kept"
+            )
             raise SystemExit(interrupt_code(exc)) from None
         except VideoError as exc:
             progress.stop()
-            fail(str(exc))
+            fail(_line(exc))
             raise SystemExit(1) from None
-    if ray_address:
-        raydist.disconnect(ray)
+        finally:
+            if ray is not None:
+                ray.close()
     seconds = time.perf_counter() - started
-    summary = {
-        "input": str(src),
-        "output": str(dst),
-        "model": model.name,
-        "scale": plan.target,
-        "frames": result.frames,
-        "resumed_from": result.resumed_from,
-        "rate": str(result.rate),
-        "truncated_input_missing_seconds": round(float(result.missing), 3),
-        "size": list(result.size),
-        "seconds": round(seconds, 3),
-        "fps": round((result.frames - result.resumed_from) / seconds, 3) if seconds else None,
-        **({"ray": {"workers": cluster.workers, "gpus": cluster.gpus, "retried": cluster.retried}} if cluster else {}),
-    }
     if cluster and cluster.retried and not as_json:
         stderr.print(f"retried on another worker after one died: {', '.join(cluster.retried)}", highlight=False)
     if result.missing and not as_json:
-        stderr.print(f"warning: {src} is truncated: {float(result.missing):.3f} s of its video are missing from the output", highlight=False)
+        stderr.print(
+            f"warning: {src} is truncated: {float(result.missing):.3f} s of its video are missing from the output",
+            highlight=False,
+            markup=False,
+        )
     if as_json:
-        print_json(summary)
+        print_json(video_summary(job, result, model=model.name, seconds=seconds, cluster=cluster))
     elif not quiet:
         stderr.print(
-            f"{dst}: {result.frames} frames at {result.rate} fps, {result.size[0]}x{result.size[1]}, in {seconds:.1f} s", highlight=False
+            f"{dst}: {result.frames} frames at {result.rate} fps, {result.size[0]}x{result.size[1]}, in {seconds:.1f} s",
+            highlight=False,
+            markup=False,
         )

@@ -40,7 +40,8 @@ class DataConfig:
     val_limit: int = 0  # 0 = every image
     lr_patch: int = 48  # LR crop size; HR crops are lr_patch * scale
     batch: int = 16  # per process
-    workers: int = 2
+    # DataLoader worker processes: "auto" = the cores the training process leaves free (data.resolve_workers)
+    workers: int | str = "auto"
 
 
 @dataclass
@@ -82,7 +83,7 @@ class RunConfig:
     steps: int = 1000
     seed: int = 0
     device: str = "auto"
-    amp: str = "none"  # none | bf16 | fp16 (fp16 only on CUDA)
+    amp: str = "none"  # none | auto (bf16 where the device computes it natively, else none) | bf16 | fp16 (CUDA only)
     channels_last: bool = True
     threads: int = 0  # torch CPU threads, 0 = torch's default
     log_every: int = 20
@@ -177,6 +178,8 @@ class DegradationConfig:
         return values
 
 
+# Hand-wrapped table: ruff's trailing `# fmt: skip` does not keep multi-line entries.
+# fmt: off
 _REALESRGAN: dict[str, Any] = {
     # The ranges of the Real-ESRGAN paper (first and second order).
     "blur_prob": 1.0,
@@ -207,7 +210,10 @@ _REALESRGAN: dict[str, Any] = {
     "final_modes": {"area": 1.0, "bilinear": 1.0, "bicubic": 1.0},
     "final_sinc_prob": 0.8,
 }
+# fmt: on
 
+# Hand-wrapped table: ruff's trailing `# fmt: skip` does not keep multi-line entries.
+# fmt: off
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     # JPEG alone: MATLAB bicubic, then quality 30-95 (85% of samples); the rest stay clean.
@@ -223,6 +229,7 @@ PRESETS: dict[str, dict[str, Any]] = {
               "final_sinc_prob": 0.05},  # fmt: skip
     "realesrgan": _REALESRGAN,
 }
+# fmt: on
 
 
 SECTIONS = {
@@ -262,6 +269,8 @@ def _probability(v: Any) -> bool:
 
 
 # What each setting may be: checked once before a run starts, so a bad value is one line, not a crash.
+# Hand-wrapped table: ruff's trailing `# fmt: skip` does not keep multi-line entries.
+# fmt: off
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.arch": (_one_of("span", "efdn", "espan", "spanf"), "span, efdn, espan or spanf"),
     "model.scale": (lambda v: isinstance(v, int) and 2 <= v <= 8, "an integer from 2 to 8"),
@@ -270,7 +279,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.val_limit": (_at_least(0), "0 or more"),
     "data.lr_patch": (lambda v: isinstance(v, int) and 4 <= v <= 1024, "an integer from 4 to 1024"),
     "data.batch": (lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
-    "data.workers": (lambda v: isinstance(v, int) and v >= 0, "0 or more"),
+    "data.workers": (
+        lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+        "0 or more, or auto (the cores the training process leaves free)",
+    ),
     "loss.border": (lambda v: isinstance(v, int) and v >= 0, "0 or more"),
     "optim.name": (_one_of("adam", "adamw"), "adam or adamw"),
     "optim.lr": (lambda v: _finite(v) and 0 < v <= 10, "a number above 0 (and at most 10)"),
@@ -285,7 +297,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.ema": (lambda v: _finite(v) and 0 <= v < 1, "0 (off) or a decay below 1"),
     "run.steps": (lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
     "run.seed": (lambda v: isinstance(v, int) and 0 <= v < 2**32, "an integer from 0 to 2^32 - 1"),
-    "run.amp": (_one_of("none", "bf16", "fp16"), "none, bf16 or fp16"),
+    "run.amp": (_one_of("none", "auto", "bf16", "fp16"), "none, auto, bf16 or fp16"),
     "run.threads": (lambda v: isinstance(v, int) and v >= 0, "0 (torch's default) or more"),
     "run.log_every": (lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
     "run.val_every": (lambda v: isinstance(v, int) and v >= 0, "0 (off) or more"),
@@ -301,6 +313,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lora.taps": (lambda v: all(isinstance(t, str) for t in v), "a list of module patterns"),
     "lora.affinity_chunk": (lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
 }
+# fmt: on
+# Settings that take a number or "auto": an integer, or the word, from a file, a flag or --set.
+AUTO_OR_INT = ("data.workers",)
 NON_NEGATIVE = ("loss.l1", "loss.l2", "loss.charbonnier", "loss.gv", "loss.gv_x", "loss.gv_y", "loss.gv_l", "loss.freq", "loss.freq_alpha",
                 "loss.freq_beta", "recipe.sd_weight", "recipe.sd_margin", "lora.teacher_weight", "lora.affinity_weight")  # fmt: skip
 
@@ -344,6 +359,10 @@ class TrainConfig:
         if key not in names:
             raise ConfigError(f"{where}: unknown setting '{dotted}'")
         current = getattr(target, key)
+        if dotted in AUTO_OR_INT:  # checked by RULES with the rest
+            value = _parse(value, dotted, where) if isinstance(value, str) else value
+            setattr(target, key, int(value) if isinstance(value, float) and value.is_integer() else value)
+            return
         if current is None:  # "from the preset" until set: any TOML value, checked where it is used
             setattr(target, key, _parse(value, dotted, where) if isinstance(value, str) else value)
             return

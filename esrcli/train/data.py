@@ -7,6 +7,9 @@ Decoded images are cached in memory once, before the workers fork, and shared wi
 
 from __future__ import annotations
 
+import math
+import multiprocessing
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -23,6 +26,19 @@ from ..imagefile import read_rgb8
 from ..imresize import imresize
 from ..paths import find_lr, list_images
 
+# Automatic data workers: at most this many per process; each holds prefetch_factor batches in shared memory.
+MAX_AUTO_WORKERS = 16
+# Where workers are not forked (macOS, Windows) each gets a pickled copy of the decoded images: auto
+# stays at the old default there.
+MAX_AUTO_WORKERS_UNFORKED = 2
+# CPU milliseconds one worker (one torch thread) takes to make a sample, by degradation preset, for an HR
+# crop of 208 px (LR patch 48 + context, x4); the cost follows the crop's area. Measured with
+# benchmarks/degradation_speed.py and a quick timing of PatchDataset on this project's 2-core EPYC.
+SAMPLE_MS = {"none": 2.4, "jpeg": 3.7, "light": 5.0, "realesrgan": 14.0}
+SAMPLE_MS_CROP = 208
+# Below this many steps/s of data, a GPU training one of these small networks waits for its batches: an
+# assumption, not a measurement (they take milliseconds a step there), kept low so that the warning is sure.
+ACCELERATOR_STEPS_PER_S = 10.0
 MARGIN = 2  # LR pixels of context resized with each crop, then cut away: MATLAB's border handling stays out of the patch
 
 
@@ -144,7 +160,57 @@ def _ignore_termination(_worker_id: int) -> None:
     sys.excepthook = quiet_on_hang_up
 
 
-def make_loader(dataset: PatchDataset, start: int, stop: int, batch: int, workers: int) -> DataLoader:
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a container's or taskset's share)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def resolve_workers(setting: int | str, device: torch.device, local_world: int = 1, *, degraded: bool = False) -> int:
+    """data.workers as a number: explicit values as they are; "auto" the cores the training process leaves free.
+
+    On the CPU the training process's torch threads already use their cores, so auto is what they leave
+    over, 0 when nothing is: plain bicubic data (~2.4 ms a sample) is ~1% of a step there, and 0, 1 or 2
+    workers stepped equally fast on 2 cores. A degradation preset costs several times more and, made in
+    the training process, adds to every step: one worker overlaps it with the step (1.2-1.8x the steps/s
+    of none with realesrgan on 2 cores), so auto keeps at least one then. A GPU needs one core to drive
+    it and the rest can make data. Processes of one machine (torchrun) share its cores.
+    benchmarks/train_step_overhead.py measures it."""
+    if setting != "auto":
+        return int(setting)
+    share = max(1, usable_cores() // max(1, local_world))
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    most = MAX_AUTO_WORKERS if method == "fork" else MAX_AUTO_WORKERS_UNFORKED
+    if device.type == "cpu":
+        return min(most, max(int(degraded), share - torch.get_num_threads()))
+    return min(most, max(1, share - 1))
+
+
+def starvation_warning(preset: str, workers: int, batch: int, lr_patch: int, scale: int, device: torch.device) -> str | None:
+    """A one-line warning when the degradations cannot keep a GPU busy, from SAMPLE_MS; None when they can.
+
+    Only for accelerators: on the CPU the data and the network share the same cores, so more workers do
+    not make a step faster."""
+    if device.type == "cpu" or preset not in SAMPLE_MS or preset == "none":
+        return None
+    crop = (lr_patch + 2 * MARGIN) * scale
+    sample_ms = SAMPLE_MS[preset] * (crop / SAMPLE_MS_CROP) ** 2
+    samples_s = max(1, workers) * 1000 / sample_ms
+    steps_s = samples_s / batch
+    if steps_s >= ACCELERATOR_STEPS_PER_S:
+        return None
+    makers = f"{workers} data worker(s)" if workers else "the training process itself (data.workers = 0)"
+    return (
+        f"degradation preset {preset} costs ~{sample_ms:.0f} CPU-ms per {crop} px sample: {makers} make ~{samples_s:.0f} samples/s, "
+        f"{steps_s:.1f} steps/s at batch {batch}, likely fewer than {device} trains; give it more cores (--workers, at least "
+        f"{math.ceil(ACCELERATOR_STEPS_PER_S * batch * sample_ms / 1000)}) or a lighter preset"
+    )
+
+
+def make_loader(dataset: PatchDataset, start: int, stop: int, batch: int, workers: int, *, pin_memory: bool = False) -> DataLoader:
+    """Batches for steps [start, stop). pin_memory (CUDA only) puts them in page-locked memory, so that
+    the copy to the GPU can run asynchronously (non_blocking) while the host queues the next kernels."""
     return DataLoader(
         dataset,
         batch_size=batch,
@@ -154,4 +220,5 @@ def make_loader(dataset: PatchDataset, start: int, stop: int, batch: int, worker
         prefetch_factor=4 if workers else None,
         drop_last=True,
         worker_init_fn=_ignore_termination if workers else None,
+        pin_memory=pin_memory,
     )

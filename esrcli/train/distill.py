@@ -2,7 +2,8 @@
 affinities at the taps), and ESPAN's self-distillation (a deeper copy of the network teaches it).
 
 A hook is called with the LR batch and the border-trimmed SR and HR and returns (loss, parts); a
-hook with a `forward(model, lr, step)` method runs the network's forward itself."""
+hook with a `forward(model, lr, step)` method runs the network's forward itself. The parts stay detached on
+the device: the trainer reads them back only when it logs."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ class Distillation:
         self.cfg, self.border = cfg, border
         self.teacher = load_reference(cfg.teacher, device=device, progress=False).network.eval()
         if self.teacher.scale != student.scale:
-            raise TrainingError(f"the teacher {cfg.teacher} is x{self.teacher.scale} but the student is x{student.scale}: pick models of one scale")
+            raise TrainingError(
+                f"the teacher {cfg.teacher} is x{self.teacher.scale} but the student is x{student.scale}: pick models of one scale"
+            )
         if cfg.affinity_weight:
             for network, role in ((student, "student"), (self.teacher, "teacher")):
                 if not tapped(network, cfg.taps):
@@ -39,7 +42,7 @@ class Distillation:
         self._student_taps = taps(student, cfg.taps if cfg.affinity_weight else [])
         self.student_features = self._student_taps.__enter__()  # stays registered for the run
 
-    def __call__(self, lr: Tensor, sr: Tensor, hr: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, lr: Tensor, sr: Tensor, hr: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.no_grad(), taps(self.teacher, self.cfg.taps) as teacher_features:
             sr_t = trim(self.teacher(lr).float(), self.border * self.teacher.scale)
         parts: dict[str, Tensor] = {}
@@ -55,7 +58,7 @@ class Distillation:
             )
             parts["affinity"] = self.cfg.affinity_weight * aff
         total = sum(parts.values()) if parts else sr.new_zeros(())
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return total, {k: v.detach() for k, v in parts.items()}  # read back by the trainer when it logs
 
     def _trim(self, feature: Tensor, lr: Tensor) -> Tensor:
         """A tapped feature map without the border, scaled to the map's own resolution."""
@@ -88,7 +91,7 @@ class SelfDistillation:
         student, self.teacher_out = model(lr, depths=(self.depth, self.depth + extra))
         return student
 
-    def __call__(self, lr: Tensor, sr: Tensor, hr: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, lr: Tensor, sr: Tensor, hr: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         if self.teacher_out is None:
             return sr.new_zeros(()), {}
         teacher = trim(self.teacher_out.float(), self.edge)
@@ -98,4 +101,4 @@ class SelfDistillation:
             mask = ((sr - hr).abs() - (teacher - hr).abs() > self.cfg.recipe.sd_margin).float()
         l_sd = F.mse_loss((teacher.detach() - sr) * mask, torch.zeros_like(sr))
         weight = self.cfg.recipe.sd_weight
-        return l_teacher + weight * l_sd, {"teacher": float(l_teacher.detach()), "sd": float(l_sd.detach()) * weight}
+        return l_teacher + weight * l_sd, {"teacher": l_teacher.detach(), "sd": l_sd.detach() * weight}

@@ -16,7 +16,8 @@ from torch import Tensor
 
 from .config import LossConfig
 
-LossFn = Callable[[Tensor, Tensor], tuple[Tensor, dict[str, float]]]
+# (sr, hr) -> (loss, terms): the terms detached but left on the device, read back only when logged.
+LossFn = Callable[[Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]]
 
 
 def charbonnier(sr: Tensor, hr: Tensor, eps: float = 1e-3) -> Tensor:
@@ -103,7 +104,7 @@ def has_terms(cfg: LossConfig) -> bool:
 def build_loss(cfg: LossConfig) -> LossFn:
     """The weighted sum of the configured terms; each term's value is reported by name."""
 
-    def loss(sr: Tensor, hr: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(sr: Tensor, hr: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         parts: dict[str, Tensor] = {}
         if cfg.l1:
             parts["l1"] = cfg.l1 * F.l1_loss(sr, hr)
@@ -118,6 +119,6 @@ def build_loss(cfg: LossConfig) -> LossFn:
             fa = frequency_aware(sr, hr, cfg.freq_alpha, cfg.freq_beta)
             parts["freq"] = cfg.freq * (fa["l2"] + fa["hf"] + fa["dct"])
         total = sum(parts.values()) if parts else sr.new_zeros(())  # a distillation run may use none
-        return total, {k: float(v.detach()) for k, v in parts.items()}  # type: ignore[return-value]
+        return total, {k: v.detach() for k, v in parts.items()}  # type: ignore[return-value]
 
     return loss

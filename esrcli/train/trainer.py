@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,20 @@ from ..archs import SRNet, build
 from ..atomic import atomic_write
 from ..bench import evaluate_set
 from ..degrade import Degrader
-from ..device import resolve_device
-from ..errors import EsrError
+from ..device import native_bf16, resolve_device, warn_if_emulated_bf16
+from ..errors import EsrError, EsrWarning
 from ..runs import describe, read_checkpoint, student_depth
 from .config import CHECKPOINT, CONFIG, METRICS, TrainConfig, TrainingError
-from .data import MARGIN, PatchDataset, load_sources, make_loader
+from .data import MARGIN, PatchDataset, load_sources, make_loader, resolve_workers, starvation_warning
 from .losses import build_loss, has_terms, trim
 
 Event = dict[str, Any]
+Terms = dict[str, torch.Tensor | float]  # a step's loss terms, as the loss function or hook left them
 
 
+def diverged(step: int, loss: float) -> TrainingError:
+    """The error that stops a run whose loss left the finite numbers (`step` as metrics.jsonl numbers it)."""
+    return TrainingError(f'step {step}: the loss is {loss}; lower optim.lr or use run.amp = "none"')
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
@@ -140,7 +145,16 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
         self.main = self.rank == 0
+        if self.device.type == "cuda":
+            # Every step has the same shapes (fixed patches and batch): cuDNN's autotuner picks the fastest
+            # convolution algorithms once, in the first steps, and reuses them.
+            torch.backends.cudnn.benchmark = True
         self.amp = self._amp_dtype()
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        self.workers = resolve_workers(cfg.data.workers, self.device, local_world, degraded=cfg.degradation.enabled)
+        starving = starvation_warning(cfg.degradation.preset, self.workers, cfg.data.batch, cfg.data.lr_patch, cfg.model.scale, self.device)
+        if starving and self.main:
+            warnings.warn(starving, EsrWarning, stacklevel=2)
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         try:
             self.network = network if network is not None else build_network(cfg)
@@ -158,6 +172,11 @@ class Trainer:
             self.network = self.network.to(memory_format=torch.channels_last)
         self.trainable = [p for p in self.network.parameters() if p.requires_grad]
         self.ema = copy.deepcopy(self.network).eval().requires_grad_(False) if cfg.optim.ema else None
+        self._ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
+        if self.ema is not None:  # the tensors _update_ema works on, listed once: loading a checkpoint copies into them
+            pairs = [(e, p.detach()) for e, p in zip(self.ema.parameters(), self.network.parameters()) if p.requires_grad]
+            buffers = list(zip(self.ema.buffers(), self.network.buffers()))
+            self._ema_pairs = ([e for e, _ in pairs], [p for _, p in pairs], [e for e, _ in buffers], [b for _, b in buffers])
         self.model: nn.Module = self.network
         if self.world > 1:
             unused = cfg.recipe.name == "espan-sd"
@@ -192,12 +211,16 @@ class Trainer:
 
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.cfg.run.amp
+        if amp == "auto":  # what the shipped configs say: bf16 only where it is not emulated
+            amp = "bf16" if self.device.type in ("cuda", "cpu") and native_bf16(self.device) else "none"
         if amp == "none":
             return None
         if amp == "fp16" and self.device.type != "cuda":
             raise TrainingError('fp16 mixed precision needs CUDA: use run.amp = "bf16" on this device')
         if amp not in ("bf16", "fp16"):
-            raise TrainingError(f"unknown run.amp '{amp}' (none, bf16 or fp16)")
+            raise TrainingError(f"unknown run.amp '{amp}' (none, auto, bf16 or fp16)")
+        if amp == "bf16":
+            warn_if_emulated_bf16(self.device)
         return torch.bfloat16 if amp == "bf16" else torch.float16
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -256,7 +279,9 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"].cpu())
             self.step = int(state["step"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-            raise TrainingError(f"{path}: not a checkpoint of this run ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+            raise TrainingError(
+                f"{path}: not a checkpoint of this run ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+            ) from None
         if self.main:
             self._truncate_metrics(self.step)
 
@@ -270,8 +295,14 @@ class Trainer:
     # --- steps ----------------------------------------------------------------------------
 
     def _forward_loss(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """_losses with the terms read back as numbers: for looking at one step, not for the loop."""
+        loss, parts = self._losses(lr, hr)
+        return loss, {k: float(v) for k, v in parts.items()}
+
+    def _losses(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, Terms]:
         """The step's loss on the patch without its border (loss.border): the network sees all of `lr`.
-        A loss hook (DSCLoRA's teacher, ESPAN's self-distillation) may run the forward itself and adds its terms."""
+        A loss hook (DSCLoRA's teacher, ESPAN's self-distillation) may run the forward itself and adds its terms.
+        The terms stay on the device: reading them would make the host wait for the GPU every step."""
         edge = self.cfg.loss.border * self.cfg.model.scale
         hr = trim(hr, edge)
         forward = getattr(self.loss_hook, "forward", None)
@@ -284,14 +315,23 @@ class Trainer:
         return loss, parts
 
     def train_step(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[float, dict[str, float]]:
+        """One step with its loss and terms read back at once (and a non-finite loss refused before it
+        changes the weights): for tests and callers stepping by hand. fit reads them only when it logs."""
+        loss, parts = self._step(lr, hr, check=True)
+        values, terms = self._read([loss], parts)
+        return values[0], terms
+
+    def _step(self, lr: torch.Tensor, hr: torch.Tensor, *, check: bool = False) -> tuple[torch.Tensor, Terms]:
+        """One optimisation step that never waits for the device (unless `check`): the loss comes back
+        detached, still on the device. A non-finite loss is found when fit reads the losses back."""
         fmt = torch.channels_last if self.cfg.run.channels_last and self.device.type != "mps" else torch.contiguous_format
-        lr = lr.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
+        lr = lr.to(self.device, non_blocking=True).contiguous(memory_format=fmt)  # asynchronous from pinned memory (CUDA)
         hr = hr.to(self.device, non_blocking=True)
         self.model.train()
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            loss, parts = self._forward_loss(lr, hr)
-        if not torch.isfinite(loss):
-            raise TrainingError(f'step {self.step}: the loss is {float(loss)}; lower optim.lr or use run.amp = "none"')
+            loss, parts = self._losses(lr, hr)
+        if check and not torch.isfinite(loss):
+            raise diverged(self.step + 1, float(loss.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler:
             self.scaler.scale(loss).backward()
@@ -308,18 +348,33 @@ class Trainer:
         self.scheduler.step()
         self._update_ema()
         self.step += 1
-        return float(loss.detach()), parts
+        return loss.detach(), parts
+
+    def _read(self, losses: list[torch.Tensor], parts: Terms) -> tuple[list[float], dict[str, float]]:
+        """`losses` and `parts` as numbers, in one transfer from the device (the only wait for it)."""
+        names = list(parts)
+        tensors = [torch.as_tensor(v).detach().float().to(self.device).reshape(()) for v in (*losses, *parts.values())]
+        values = torch.stack(tensors).tolist()
+        return values[: len(losses)], dict(zip(names, values[len(losses) :]))
+
+    def _stop_if_diverged(self, losses: list[float], first_step: int) -> None:
+        """The first non-finite loss among steps first_step, first_step + 1, ... ends the run."""
+        for step, value in enumerate(losses, first_step):
+            if not math.isfinite(value):
+                raise diverged(step, value)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        if self.ema is None:
+        """ema = lerp(ema, weights, 1 - decay) for every trained tensor, in one multi-tensor call: the same
+        arithmetic as a loop of Tensor.lerp_, without a kernel launch per parameter."""
+        if self._ema_pairs is None:
             return
         decay = min(self.cfg.optim.ema, (1 + self.step) / (10 + self.step))  # early steps follow the model closely
-        for e, p in zip(self.ema.parameters(), self.network.parameters()):
-            if p.requires_grad:
-                e.lerp_(p.detach(), 1.0 - decay)
-        for e, b in zip(self.ema.buffers(), self.network.buffers()):
-            e.copy_(b)
+        ema_params, params, ema_buffers, buffers = self._ema_pairs
+        if ema_params:
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        if ema_buffers:
+            torch._foreach_copy_(ema_buffers, buffers)
 
     def evaluation_network(self) -> nn.Module:
         """What validation and export see: the EMA weights, at the student's depth."""
@@ -360,7 +415,7 @@ class Trainer:
         sources = load_sources(cfg.data.train, cfg.model.scale)
         degrader = Degrader(cfg.degradation, cfg.model.scale) if cfg.degradation.enabled else None
         dataset = PatchDataset(sources, cfg.model.scale, cfg.data.lr_patch, cfg.run.seed, self.rank, degrader)
-        loader = make_loader(dataset, self.step, cfg.run.steps, cfg.data.batch, cfg.data.workers)
+        loader = make_loader(dataset, self.step, cfg.run.steps, cfg.data.batch, self.workers, pin_memory=self.device.type == "cuda")
         emit(
             {
                 "kind": "start",
@@ -370,34 +425,49 @@ class Trainer:
                 "left_out": dataset.left_out,
                 "patch": (cfg.data.lr_patch + 2 * MARGIN) * cfg.model.scale,
                 "world": self.world,
+                "workers": self.workers,
+                "device": str(self.device),
+                "precision": "fp32"
+                if self.amp is None
+                else str(self.amp).removeprefix("torch.").replace("bfloat16", "bf16").replace("float16", "fp16"),
                 "left_at_init": self.left_at_init,
             }
         )
-        window_start, window_steps, total, count = time.perf_counter(), 0, 0.0, 0
+        # The losses of the steps since the last log stay on the device until the next: reading them is a
+        # wait for the GPU, so it happens once per run.log_every steps (and before validating or saving).
+        window_start, window, parts = time.perf_counter(), [], {}
         try:
             for lr, hr in loader:
-                loss, parts = self.train_step(lr, hr)
-                total, count, window_steps = total + loss, count + 1, window_steps + 1
+                loss, parts = self._step(lr, hr)
+                window.append(loss)
                 if self.step % cfg.run.log_every == 0 or self.step == cfg.run.steps:
-                    rate = window_steps / max(1e-9, time.perf_counter() - window_start)
+                    losses, terms = self._read(window, parts)
+                    self._stop_if_diverged(losses, self.step - len(window) + 1)
+                    rate = len(window) / max(1e-9, time.perf_counter() - window_start)
                     record = {
                         "step": self.step,
-                        "loss": total / count,
-                        **parts,
+                        "loss": sum(losses) / len(losses),  # the mean over the steps since the last record
+                        **terms,  # the last step's
                         "lr": self.scheduler.get_last_lr()[0],
                         "it_s": round(rate, 3),
                     }
                     self.log(record)
                     emit({"kind": "step", **record})
-                    window_start, window_steps, total, count = time.perf_counter(), 0, 0.0, 0
-                if (cfg.run.val_every and self.step % cfg.run.val_every == 0) or self.step == cfg.run.steps:
+                    window_start, window = time.perf_counter(), []
+                validating = bool(cfg.run.val_every and self.step % cfg.run.val_every == 0) or self.step == cfg.run.steps
+                saving = bool(cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0) or self.step == cfg.run.steps
+                if window and (validating or saving):  # never validate or save weights that diverged
+                    self._stop_if_diverged(self._read(window, {})[0], self.step - len(window) + 1)
+                if validating:
                     if self.main and (scores := self.validate()):
                         self.log({"step": self.step, **{f"val_{k}": v for k, v in scores.items()}})
                         emit({"kind": "val", "step": self.step, **scores})
-                if (cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0) or self.step == cfg.run.steps:
+                if saving:
                     self.save()
                     emit({"kind": "checkpoint", "step": self.step})
         except KeyboardInterrupt:
+            if window:  # a diverged run keeps its last good checkpoint
+                self._stop_if_diverged(self._read(window, {})[0], self.step - len(window) + 1)
             self.save()
             emit({"kind": "interrupted", "step": self.step})
             raise
