@@ -43,8 +43,9 @@ def main() -> None:
         network = load_reference(args.model, scale=s).network
         upscalers[s] = Upscaler(network, s, TilePlan(256, default_overlap(network), 1))
     chosen = plan_scale(entry.scales, args.scale)
-    chains = [tuple(int(s) for s in c.split(",")) for c in args.chain] or sorted({(4, 4), (4,), chosen.passes, *(
-        (a, b) for a in entry.scales for b in entry.scales)}, key=lambda c: (len(c), c))
+    chains = [tuple(int(s) for s in c.split(",")) for c in args.chain] or sorted(
+        {(4, 4), (4,), chosen.passes, *((a, b) for a in entry.scales for b in entry.scales)}, key=lambda c: (len(c), c)
+    )
     data = args.data or [args.shared / "data/benchmark/Set5", args.shared / "data/benchmark/Set14"]
     photo = args.photo or sorted((args.shared / "data/train/Photos2K").iterdir())[0]
     pixels = read_image(photo).pixels[:256, :256].copy()
@@ -72,8 +73,11 @@ def main() -> None:
         seconds = min(times)
         base = base or seconds
         mark = " *" if chain == chosen.passes else ""
-        print(f"{pipeline.plan.describe() + mark:<48} {pipeline.plan.cost[0]:>6.2f} " + " ".join(f"{s:>8.3f}" for s in scores)
-              + f" {seconds:>8.3f} {seconds / base:>6.3f}")
+        print(
+            f"{pipeline.plan.describe() + mark:<48} {pipeline.plan.cost[0]:>6.2f} "
+            + " ".join(f"{s:>8.3f}" for s in scores)
+            + f" {seconds:>8.3f} {seconds / base:>6.3f}"
+        )
 
 
 if __name__ == "__main__":

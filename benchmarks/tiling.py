@@ -33,7 +33,9 @@ def main() -> None:
     models = args.model or ["esr-tiny", "span-tiny", "espan"]
     tiles = args.tile or [64]
     sets = args.data or [args.shared / "data/benchmark/Set14", args.shared / "data/benchmark/BSD100"]
-    print(f"{'model':<12} {'set':<8} {'tile':>5} {'images':>6} {'max diff':>8} {'>1 level':>9} {'PSNR whole':>10} {'PSNR tiled':>10} {'change dB':>10}")
+    print(
+        f"{'model':<12} {'set':<8} {'tile':>5} {'images':>6} {'max diff':>8} {'>1 level':>9} {'PSNR whole':>10} {'PSNR tiled':>10} {'change dB':>10}"
+    )
     for ref in models:
         network = load_reference(ref).network
         scale, overlap = network.scale, default_overlap(network)

@@ -142,7 +142,9 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     return F.interpolate(x[None], size=size, mode=mode, **kwargs)[0]
 
 
-def _noise(x: torch.Tensor, rng: np.random.Generator, v: Mapping[str, Any], sigma: Sequence[float], poisson: Sequence[float]) -> torch.Tensor:
+def _noise(
+    x: torch.Tensor, rng: np.random.Generator, v: Mapping[str, Any], sigma: Sequence[float], poisson: Sequence[float]
+) -> torch.Tensor:
     """Gaussian noise of a drawn sigma (0..255 scale), or Poisson (shot) noise scaled as in Real-ESRGAN;
     one plane for all channels with gray_noise_prob."""
     grey = rng.random() < v["gray_noise_prob"]

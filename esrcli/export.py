@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,9 +22,12 @@ from torch import Tensor, nn
 from .archs import SRNet, fused_state_dict
 from .archs.blocks import EvalConv
 from .atomic import atomic_write
-from .errors import EsrError
+from .errors import EsrError, EsrWarning
 from .version import __version__
 from .weights import load_network, network_metadata, save_network, write_safetensors
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 FORMATS = ("safetensors", "onnx", "spandrel")
 SUFFIX_FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pth": "spandrel", ".pt": "spandrel"}
@@ -142,15 +146,24 @@ def open_source(ref: str, *, scale: int | None = None, use_ema: bool = True, str
         return ExportSource(entry.name, network, metadata, cached, licence=entry.licence, paper=entry.paper, title=entry.title)
     if scale is not None and scale != network.scale:
         raise ExportError(f"{ref}: a x{network.scale} model; -s picks among a registry model's scales")
+    released = _clamped_release(network, registry)
     if ref.startswith("hf://"):
-        return ExportSource(Path(ref.split("@")[0]).stem, network, {"esr.source": ref})
+        return ExportSource(Path(ref.split("@")[0]).stem, network, {"esr.source": ref, **released})
     path = Path(ref)
     metadata = {}
     if is_file_reference(ref) and path.suffix == ".safetensors":  # carry what an earlier export recorded
         from .weights import read_state_dict
 
         metadata = {k: v for k, v in read_state_dict(path)[1].items() if k.startswith("esr.") and k not in STRUCTURAL_KEYS}
+    metadata = {**released, **metadata}
     return ExportSource(path.stem, network, metadata, inputs=(path,), licence=metadata.get("esr.licence", ""))
+
+
+def _clamped_release(network: SRNet, registry: Registry) -> dict[str, str]:
+    """A release file esr clamps (a registry pin's SHA-256) names its model in its exports, so that esr clamps them too."""
+    sha256 = getattr(network, "feature_clamp_sha256", None)
+    entry = next((e for e in registry if sha256 in {w.sha256 for w in e.weights}), None) if sha256 else None
+    return {"esr.model": entry.name, "esr.sha256": sha256, "esr.licence": entry.licence} if entry else {}
 
 
 # --- the reference image ---------------------------------------------------------------------
@@ -344,6 +357,21 @@ def spandrel_state_dict(network: SRNet, source: str = "model") -> dict[str, Tens
     return sd
 
 
+def _without_clamp(network: SRNet, name: str) -> SRNet:
+    """The weights as released, with a warning: spandrel's SPAN has no place for esr's feature clamp. Warned,
+    not refused: spandrel loads the release file as it is anyway, and this is the same model in its layout."""
+    from .loading import clamped_blocks, remove_clamp
+
+    if clamped_blocks(network):
+        warnings.warn(
+            f"{name}: the spandrel file holds the weights as released, without esr's feature clamp (models.toml clamp_features), "
+            "so it turns saturated colour edges into speckle where esr does not; --format onnx carries the clamp",
+            EsrWarning,
+            stacklevel=3,
+        )
+    return remove_clamp(network)
+
+
 def write_spandrel(network: SRNet, path: Path, *, fp16: bool, metadata: Mapping[str, str]) -> None:
     sd = spandrel_state_dict(network, str(path))
     sd = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous() for k, v in sd.items()}
@@ -357,8 +385,10 @@ def write_spandrel(network: SRNet, path: Path, *, fp16: bool, metadata: Mapping[
 
 
 def check_reload(path: Path, network: SRNet, images: list[tuple[str, np.ndarray]]) -> list[Agreement]:
-    """Load the written file back through esr (detection, re-fusion) and compare outputs."""
-    reloaded = load_network(path)
+    """Load the written file back through esr (detection, re-fusion, a clamp its metadata asks for) and compare outputs."""
+    from .loading import clamp_as_recorded
+
+    reloaded = clamp_as_recorded(load_network(path), path)
     results = []
     for name, pixels in images:
         x = as_input(pixels)
@@ -405,6 +435,8 @@ def export_network(
     if fmt == "onnx":
         require_onnx()
     network = _copy(network)
+    if fmt == "spandrel":
+        network = _without_clamp(network, name)
     metadata = {**network_metadata(network), **(metadata or {})}
     images = check_images(check_image)
     checks: list[Agreement] = []

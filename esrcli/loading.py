@@ -2,23 +2,143 @@
 
 Registry weights are fetched from pinned sources, checked by SHA-256, fused once, and the fused
 network cached as safetensors, so later loads read one file: nothing is verified or fused again.
+A registry model with `clamp_features` gets its calibrated feature clamp here, on every load, by
+name or from its release file.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from .archs import SRNet
+from .archs.blocks import EvalConv
+from .archs.span import SPAB
 from .device import memory_format
 from .download import ChecksumMismatch, DownloadError, OfflineError, fetch, fetch_first, manual_download_advice, sha256_file
 from .registry import ModelEntry, Registry, RegistryError, Weights, default_registry, embedded_source, fused_cache_path
 from .scaling import ScalePlan, plan_scale
 from .sources import HubSource
 from .weights import WEIGHT_SUFFIXES, WeightsError, load_network, network_from_state_dict, read_state_dict, save_network
+
+FEATURE_BOUNDS = Path(__file__).resolve().parent / "weights" / "feature_bounds.safetensors"
+"""Per-channel bounds of every SPAB and of each conv in it, by weight file SHA-256 (benchmarks/flat_colours.py --calibrate)."""
+
+
+class _Clamped:
+    """Holds a module's output, per channel, inside the range it reaches on photographs.
+
+    The NTIRE SPAN releases amplify a saturated colour edge block after block (on a blue field
+    with yellow text, up to 400 times the range a photograph spans, past it) until the flat areas around it fill with speckle; held to the calibrated
+    range, every conv and block stays in the regime the weights were trained in. The bounds are
+    non-persistent buffers: the state dict, and every file written from it, holds the plain weights."""
+
+    feature_low: Tensor
+    feature_high: Tensor
+
+    def _clamp(self, t: Tensor) -> Tensor:
+        return t.clamp_(self.feature_low, self.feature_high)  # in place: a fresh conv or block output; +2% time, not +27%
+
+
+class ClampedSPAB(_Clamped, SPAB):
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out, first = super().forward(x)
+        return self._clamp(out), first
+
+
+class ClampedConv(_Clamped, EvalConv):
+    def forward(self, x: Tensor) -> Tensor:
+        return self._clamp(super().forward(x))
+
+
+_CLAMPED = {SPAB: ClampedSPAB, EvalConv: ClampedConv}
+
+
+@cache
+def _feature_bounds() -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(FEATURE_BOUNDS)) if FEATURE_BOUNDS.is_file() else {}
+
+
+def feature_bounds(sha256: str) -> dict[str, tuple[Tensor, Tensor]]:
+    """Module name -> (low, high) per channel, calibrated for the weight file `sha256`; empty if none were."""
+    table = _feature_bounds()
+    names = {k.split("/")[1] for k in table if k.startswith(f"{sha256}/")}
+    return {n: (table[f"{sha256}/{n}/low"], table[f"{sha256}/{n}/high"]) for n in sorted(names)}
+
+
+def clamp_sites(network: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """What the clamp holds: every SPAB block's output and the output of each conv inside one."""
+    blocks = {name: m for name, m in network.named_modules() if isinstance(m, SPAB)}
+    convs = {f"{b}.{n}": m for b, block in blocks.items() for n, m in block.named_children() if isinstance(m, EvalConv)}
+    return blocks | convs
+
+
+def clamp_features(network: SRNet, sha256: str, source: str) -> SRNet:
+    """Clamp `network` (in place) with the bounds calibrated for the weight file `sha256`.
+
+    In place, by giving each site a subclass that only adds the clamp, not by wrapping: the network stays
+    what every caller expects (its class, scale, config and state dict), and the clamp goes wherever it
+    goes: tiles, fp16, ONNX, video, Ray workers."""
+    bounds, sites = feature_bounds(sha256), clamp_sites(network)
+    if not sites or set(bounds) != set(sites):
+        raise WeightsError(
+            f"{source}: models.toml asks for clamp_features, but {FEATURE_BOUNDS.name} has no bounds for these weights "
+            f"(SHA-256 {sha256[:16]}…); re-make it with benchmarks/flat_colours.py --calibrate"
+        )
+    for name, module in sites.items():
+        low, high = bounds[name]
+        reference = next(module.parameters())  # a conv's weight, or a block's first conv's: its output width
+        if low.numel() != reference.shape[0] or high.numel() != reference.shape[0]:
+            raise WeightsError(f"{source}: feature bounds for {name} have {low.numel()} channels, it has {reference.shape[0]}")
+        for key, value in (("feature_low", low), ("feature_high", high)):
+            module.register_buffer(key, value.reshape(1, -1, 1, 1).to(reference), persistent=False)
+        module.__class__ = _CLAMPED.get(type(module), type(module))  # already clamped: new bounds, same class
+    network.feature_clamp_sha256 = sha256  # which release's bounds: exports record it (esrcli.export)
+    return network
+
+
+def remove_clamp(network: torch.nn.Module) -> torch.nn.Module:
+    """`network` (in place) as its weights were released: for formats that cannot carry the clamp."""
+    plain = {clamped: base for base, clamped in _CLAMPED.items()}
+    for module in network.modules():
+        if type(module) in plain:
+            module.__class__ = plain[type(module)]
+            del module.feature_low, module.feature_high
+    if hasattr(network, "feature_clamp_sha256"):
+        del network.feature_clamp_sha256
+    return network
+
+
+def clamped_blocks(network: torch.nn.Module) -> int:
+    """How many of `network`'s blocks run with a feature clamp (0: it runs as its weights were released)."""
+    return sum(isinstance(m, ClampedSPAB) for m in network.modules())
+
+
+def clamp_as_recorded(network: SRNet, path: Path, registry: Registry | None = None) -> SRNet:
+    """The clamp of a clamped registry model, wherever its weights are loaded from: the release file
+    itself (by its SHA-256), or an esr safetensors export of it (its metadata names the model and release)."""
+    registry = registry or default_registry()
+    pins = {w.sha256: w for e in registry if e.clamp_features for w in e.weights}
+    sha256 = ""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+        entry = registry.entries.get(metadata.get("esr.model", ""))
+        if entry is not None and entry.clamp_features and metadata.get("esr.sha256") in pins:
+            sha256 = metadata["esr.sha256"]
+    if not sha256 and path.stat().st_size in {w.size for w in pins.values()}:  # only a file of a pinned size is hashed
+        digest = sha256_file(path)
+        sha256 = digest if digest in pins else ""
+    return clamp_features(network, sha256, str(path)) if sha256 else network
 
 
 @dataclass
@@ -102,14 +222,14 @@ def load_reference(
             if isinstance(exc, (ChecksumMismatch, OfflineError)):
                 raise
             raise DownloadError(f"{exc}; {manual_download_advice(None, source)}", reason=exc.reason) from exc
-        loaded = LoadedModel(ref, load_network(path), source=ref)
+        loaded = LoadedModel(ref, clamp_as_recorded(load_network(path), Path(path), registry), source=ref)
     elif ref not in registry.entries and Path(ref).is_dir():
         from .runs import network_from_run
 
         network, _, _ = network_from_run(ref)
         loaded = LoadedModel(Path(ref).name, network, source=str(ref))
     elif ref not in registry.entries and is_file_reference(ref):
-        loaded = LoadedModel(Path(ref).name, load_network(ref), source=str(ref))
+        loaded = LoadedModel(Path(ref).name, clamp_as_recorded(load_network(ref), Path(ref), registry), source=str(ref))
     else:
         entry = registry.get(ref)
         weights = entry.variant(scale)
@@ -121,6 +241,8 @@ def load_reference(
                 raise
             path.unlink(missing_ok=True)
             network = load_network(fetch_model(entry, weights, progress=progress), overrides=entry.args)
+        if entry.clamp_features:
+            network = clamp_features(network, weights.sha256, entry.name)
         loaded = LoadedModel(entry.name, network, source=str(path))
     loaded.network = place(loaded.network, device, dtype)
     return loaded

@@ -47,6 +47,10 @@ class ModelEntry:
     paper: str
     weights: tuple[Weights, ...]
     notes: str = ""
+    # Clamp each SPAB block's output, per channel, to the range it reaches on photographs (bounds
+    # calibrated per weight file, see esrcli.loading): releases that turn saturated colour edges into
+    # speckle need it; photographs never reach the bounds, so their output does not change.
+    clamp_features: bool = False
 
     @property
     def scales(self) -> list[int]:
@@ -77,6 +81,14 @@ def _source(raw: dict[str, Any], weights: dict[str, Any], where: str) -> Source:
     raise RegistryError(f"{where}: a source needs 'url', 'hub' or 'package'")
 
 
+def _flag(raw: dict[str, Any], key: str) -> bool:
+    """A true/false key: a string such as "false" would read as true, so anything else is refused."""
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"'{key}' must be true or false, not {value!r}")
+    return value
+
+
 def _entry(name: str, raw: Any, where: str) -> ModelEntry:
     if not isinstance(raw, dict):
         raise RegistryError(f"{where}: '{name}' must be a table of a model ([{name}]), not {type(raw).__name__}")
@@ -102,6 +114,7 @@ def _entry(name: str, raw: Any, where: str) -> ModelEntry:
             paper=raw.get("paper", ""),
             weights=weights,
             notes=raw.get("notes", ""),
+            clamp_features=_flag(raw, "clamp_features"),
         )
     except KeyError as exc:
         raise RegistryError(f"{where}: model '{name}' lacks {exc}") from None

@@ -15,7 +15,7 @@ import torch
 from esrcli.archs import build
 from esrcli.archs.blocks import Conv3XC
 from esrcli.download import ChecksumMismatch, OfflineError, sha256_file
-from esrcli.loading import import_model_file, load_reference
+from esrcli.loading import clamped_blocks, import_model_file, load_reference, remove_clamp
 from esrcli.registry import Registry, RegistryError, default_registry, fused_cache_path
 from esrcli.sources import HubSource, PackageSource, UrlSource
 
@@ -83,6 +83,10 @@ def test_import_then_load_offline(shared_weights, monkeypatch, name):
     direct = load_reference(str(shared_weights / SHARED_FILES[name]))
     assert loaded.params == direct.params and loaded.scale == 4
     x = torch.rand(1, 3, 16, 16)
+    if entry.clamp_features:  # the calibrated feature clamp, by name and from the release file; underneath, the same network
+        assert clamped_blocks(loaded.network) == clamped_blocks(direct.network) > 0
+        remove_clamp(loaded.network)
+        remove_clamp(direct.network)
     assert torch.equal(loaded.network(x), direct.network(x))
 
 

@@ -265,7 +265,9 @@ def test_a_frame_that_keeps_failing_stops_the_run_clearly(clips, tmp_path):
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
     upscaler = Upscaler(AlwaysOutOfMemory(), 2, TilePlan(0, 8, 1))
-    job = VideoJob(clips / "ntsc.mp4", tmp_path / "out.mp4", Pipeline(plan_scale([2], 2), {2: upscaler}), EncodeSettings(), model_key="failing")
+    job = VideoJob(
+        clips / "ntsc.mp4", tmp_path / "out.mp4", Pipeline(plan_scale([2], 2), {2: upscaler}), EncodeSettings(), model_key="failing"
+    )
     with pytest.raises(VideoError, match="frame 1 could not be upscaled"):
         upscale_video(job)
     assert upscaler.retries["oom"] >= 1

@@ -35,7 +35,10 @@ def detect(sd: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
         try:
             config = cls.detect(sd)
         except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:  # this family's keys, not its shapes
-            near_miss = near_miss or f"they look like {name} weights, but {exc if isinstance(exc, ValueError) else 'some tensors are missing or misshapen'}"
+            near_miss = (
+                near_miss
+                or f"they look like {name} weights, but {exc if isinstance(exc, ValueError) else 'some tensors are missing or misshapen'}"
+            )
             config = None
         if config is not None:
             return name, config

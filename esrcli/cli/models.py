@@ -32,6 +32,7 @@ def _entry_json(entry: ModelEntry) -> dict:
         "licence": entry.licence,
         "paper": entry.paper,
         "notes": entry.notes,
+        "clamp_features": entry.clamp_features,
         "weights": [
             {
                 "scale": w.scale,
@@ -45,6 +46,13 @@ def _entry_json(entry: ModelEntry) -> dict:
         ],
     }
 
+
+CLAMP_NOTE = (
+    "As released, these weights turn saturated colour edges (screenshots, graphics: pure blue, red or cyan areas, "
+    "coloured text) into speckle, blotches and ringing. esr holds each block's output, and each conv's in it, inside "
+    "the per-channel range it reaches on photographs, by name or from the release file: that removes the speckle "
+    "and leaves photographs as they were (Set5/Set14 PSNR within 0.001 dB). benchmarks/flat_colours.py measures it."
+)
 
 MODELS_EXAMPLES = """\b
 Examples:
@@ -94,6 +102,8 @@ def info(name: str, as_json: bool) -> None:
     for key in ("arch", "args", "licence", "paper", "notes"):
         if data[key]:
             stdout.print(f"  {key}: {data[key]}", highlight=False)
+    if data["clamp_features"]:
+        stdout.print(f"  clamp_features: yes. {CLAMP_NOTE}", highlight=False)
     for w in data["weights"]:
         stdout.print(f"  x{w['scale']}: {w['file']}  sha256 {w['sha256']}  {w['size'] or '?'} bytes", highlight=False)
         for s in w["sources"]:

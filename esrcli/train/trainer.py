@@ -70,10 +70,11 @@ def build_network(cfg: TrainConfig) -> SRNet:
     """The training network: for LoRA runs the frozen student with adapters; for ESPAN
     self-distillation, with the teacher's extra blocks."""
     if cfg.lora.student:
-        from ..loading import load_reference
+        from ..loading import load_reference, remove_clamp
         from ..lora import LoRAGroup, add_lora
 
-        student = load_reference(cfg.lora.student, progress=False).network
+        # As released: a feature clamp (models.toml clamp_features) holds these weights' ranges, not the finetuned ones'.
+        student = remove_clamp(load_reference(cfg.lora.student, progress=False).network)
         add_lora(student, [LoRAGroup(g["pattern"], int(g["rank"]), float(g["alpha"])) for g in cfg.lora.groups])
         return student
     args = dict(cfg.model.args)
