@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import EsrError
-from .tiling import TilePlan, Upscaler
+from .tiling import HostCopy, TilePlan, Upscaler
 
 MAX_SCALE = 16
 # The final resample may enlarge by at most this much; past it another model pass (then a reduction)
@@ -163,14 +163,18 @@ class Pipeline:
             pixels = self.upscalers[s].upscale(pixels, out, on_tile=on_tile)
         return pixels
 
-    def run_frames(self, frames: list[np.ndarray]) -> list[np.ndarray]:
-        """Several frames of one size: batched into one forward call where a single pass allows it."""
-        size = target_size(frames[0].shape[1], frames[0].shape[0], self.plan.target)
+    def run_frames(self, frames: list[np.ndarray]) -> list[HostCopy]:
+        """Several frames of one size: batched into one forward call where a single pass allows it. The
+        results may still be on their way from the device (HostCopy.array() waits for each)."""
+        h, w = frames[0].shape[:2]
+        size = target_size(w, h, self.plan.target)
         if len(self.plan.passes) == 1:
             ups = self.upscalers[self.plan.passes[0]].upscale_frames(frames, frames[0].dtype)
-        else:
-            ups = [self.passes(f) for f in frames]
-        return [resample(u, size) for u in ups]
+            s = self.plan.passes[0]
+            if size == (w * s, h * s):
+                return ups
+            return [HostCopy.of(resample(u.array(), size)) for u in ups]
+        return [HostCopy.of(resample(self.passes(f), size)) for f in frames]
 
     @property
     def tiling(self) -> dict[int, TilePlan]:

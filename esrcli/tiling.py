@@ -20,6 +20,7 @@ import copy
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -259,9 +260,9 @@ def blend_tiles(
         boxes = [(ey0, ey1, max(0, x0 - ov), min(width, x1 + ov)) for x0, x1 in cols]
         per_call = plan.per_call((boxes[0][1] - boxes[0][0]) * (boxes[0][3] - boxes[0][2]))
         for group in _batches(boxes, per_call):
-            x = torch.stack([read(*b) for b in group]).permute(0, 3, 1, 2)
+            x = torch.stack([read(*boxes[i]) for i in group]).permute(0, 3, 1, 2)
             y = infer(x).permute(0, 2, 3, 1)
-            for (_, _, bx0, bx1), tile_out in zip(group, y):
+            for (_, _, bx0, bx1), tile_out in zip((boxes[i] for i in group), y):
                 weight = wy * weights((bx1 - bx0) * s, bx0 == 0, bx1 == width)[None, :, None]
                 region = np.s_[offset : offset + tile_out.shape[0], bx0 * s : bx1 * s]
                 acc[region] += tile_out * weight
@@ -280,16 +281,16 @@ def blend_tiles(
         top = done
 
 
-def _batches(boxes: list[tuple[int, int, int, int]], limit: int) -> list[list[tuple[int, int, int, int]]]:
-    """Consecutive tiles of equal shape, at most `limit` per forward call."""
-    groups: list[list[tuple[int, int, int, int]]] = []
-    for box in boxes:
-        shape = (box[1] - box[0], box[3] - box[2])
+def _batches(boxes: list[tuple[int, int, int, int]], limit: int) -> list[list[int]]:
+    """Indices of consecutive tiles of equal shape, at most `limit` per forward call."""
+    groups: list[list[int]] = []
+    for i, box in enumerate(boxes):
         last = groups[-1] if groups else None
-        if last and len(last) < limit and (last[0][1] - last[0][0], last[0][3] - last[0][2]) == shape:
-            last.append(box)
+        first = boxes[last[0]] if last else None
+        if last and first and len(last) < limit and (first[1] - first[0], first[3] - first[2]) == (box[1] - box[0], box[3] - box[2]):
+            last.append(i)
         else:
-            groups.append([box])
+            groups.append([i])
     return groups
 
 
@@ -378,43 +379,45 @@ class Upscaler:
         if pixels.dtype not in _TORCH_PIXELS:
             raise ValueError(f"pixels must be uint8, uint16 or float32, not {pixels.dtype}")
         if self.device.type != "cuda":
-            return torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+            with warnings.catch_warnings():  # a read-only array (np.asarray of a PIL image) is only ever read here
+                warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+                return torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
         # Through page-locked memory (torch's caching host allocator reuses it, and keeps a block
         # from being reused while a copy from it is in flight), so the copy runs asynchronously.
         host = torch.empty(pixels.shape, dtype=_TORCH_PIXELS[pixels.dtype], pin_memory=True)
         host.numpy()[...] = pixels
         return host.to(self.device, non_blocking=True)
 
+    @torch.inference_mode()
     def _quantise(self, y: torch.Tensor, out_dtype: np.dtype) -> torch.Tensor:
-        """Float 0..1 -> out_dtype's range, rounded half to even and cast, on the device."""
+        """Float 0..1 -> out_dtype's range, rounded half to even and cast, on the device. In place: `y` is
+        always a fresh network output or a strip the caller hands over."""
         out_dtype = np.dtype(out_dtype)
         if out_dtype.kind == "f":
             return y.to(_TORCH_PIXELS[out_dtype])
-        return y.mul(full_scale(out_dtype)).round_().to(_TORCH_PIXELS[out_dtype])
+        return y.mul_(full_scale(out_dtype)).round_().to(_TORCH_PIXELS[out_dtype])
 
     def _download(self, y: torch.Tensor) -> np.ndarray:
-        """Device integers to a host array of their own (on CUDA, page-locked: the array keeps its block)."""
-        if self.device.type != "cuda":
-            return y.cpu().numpy()
-        host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
-        host.copy_(y, non_blocking=True)
-        torch.cuda.current_stream(self.device).synchronize()
-        return host.numpy()
+        """Device integers to a host array of their own, now."""
+        return HostCopy(y).array()
 
-    def upscale_frames(self, frames: list[np.ndarray], out_dtype: np.dtype) -> list[np.ndarray]:
-        """Several whole frames in one forward call when each fits in a single tile (small video
-        frames on a GPU); otherwise each frame is tiled on its own."""
+    @torch.inference_mode()
+    def upscale_frames(self, frames: list[np.ndarray], out_dtype: np.dtype) -> list[HostCopy]:
+        """Several whole frames in one forward call when each fits in a single tile (small video frames
+        on a GPU); otherwise each frame is tiled on its own. On CUDA the results are still on their way to
+        the host (HostCopy.array() waits): the next frames' forward need not wait for them."""
         h, w, c = frames[0].shape
         if self.count_tiles(h, w) > 1:
-            return [self.upscale(f, np.empty((h * self.scale, w * self.scale, c), out_dtype)) for f in frames]
+            return [HostCopy.of(self.upscale(f, np.empty((h * self.scale, w * self.scale, c), out_dtype))) for f in frames]
         x = self._upload(np.stack(frames)).permute(0, 3, 1, 2).float() / full_scale(frames[0].dtype)
-        y = self.infer(x).permute(0, 2, 3, 1)
-        return list(self._download(self._quantise(y, out_dtype)))
+        y = self._quantise(self.infer(x).permute(0, 2, 3, 1), out_dtype)
+        return [HostCopy(frame) for frame in y]
 
     def count_tiles(self, height: int, width: int) -> int:
         rows, cols = self.plan.grid(height, width)
         return len(rows) * len(cols)
 
+    @torch.inference_mode()
     def upscale(self, pixels: np.ndarray, out: np.ndarray, on_tile: Callable[[int], None] | None = None) -> np.ndarray:
         """Upscale an (H, W, C) uint8/uint16 (or float32 in 0..1) array into the preallocated
         (H*s, W*s, C) `out` of any of those types: the image goes to the device as it is, tiles are
@@ -423,12 +426,14 @@ class Upscaler:
         if out.shape != (h * self.scale, w * self.scale, c):
             raise ValueError(f"output array {out.shape} does not fit {pixels.shape} x{self.scale}")
         if self.count_tiles(h, w) == 1:  # one tile: nothing to blend
-            out[...] = self.upscale_frames([pixels], out.dtype)[0]
+            out[...] = self.upscale_frames([pixels], out.dtype)[0].array()
             if on_tile:
                 on_tile(1)
             return out
         lr = self._upload(pixels)
         in_max = full_scale(pixels.dtype)
+        if 0 < self.context <= self.plan.overlap:
+            return self._place_tiles(lr, in_max, out, on_tile)
 
         def read(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
             return lr[y0:y1, x0:x1].float() / in_max
@@ -439,3 +444,72 @@ class Upscaler:
         blend_tiles(read, write, self.infer, height=h, width=w, channels=c, scale=self.scale, plan=self.plan, device=self.device,
                     context=self.context, on_tile=on_tile)  # fmt: skip
         return out
+
+    def _place_tiles(self, lr: torch.Tensor, in_max: float, out: np.ndarray, on_tile: Callable[[int], None] | None) -> np.ndarray:
+        """Tiles whose overlap covers the network's reach: each core's output is exact, so it is quantised
+        and placed as it is, with nothing to blend (and no float copy of an output row). A row of tiles
+        fills an integer strip on the device that goes to the host as a whole (on a CPU, the strip is `out`)."""
+        (h, w, c), s, ov = lr.shape, self.scale, self.plan.overlap
+        rows, cols = self.plan.grid(h, w)
+        host = torch.from_numpy(out) if self.device.type == "cpu" else None
+        for y0, y1 in rows:
+            ey0, ey1 = max(0, y0 - ov), min(h, y1 + ov)
+            strip = (
+                host[y0 * s : y1 * s]
+                if host is not None
+                else torch.empty((y1 - y0) * s, w * s, c, dtype=_TORCH_PIXELS[out.dtype], device=self.device)
+            )
+            boxes = [(ey0, ey1, max(0, x0 - ov), min(w, x1 + ov)) for x0, x1 in cols]
+            per_call = self.plan.per_call((ey1 - ey0) * (boxes[0][3] - boxes[0][2]))
+            for group in _batches(boxes, per_call):
+                x = torch.stack([lr[ey0:ey1, boxes[i][2] : boxes[i][3]] for i in group]).permute(0, 3, 1, 2).float() / in_max
+                y = self._quantise(self.infer(x).permute(0, 2, 3, 1), out.dtype)
+                for i, tile in zip(group, y):
+                    (x0, x1), bx0 = cols[i], boxes[i][2]
+                    strip[:, x0 * s : x1 * s] = tile[(y0 - ey0) * s : (y1 - ey0) * s, (x0 - bx0) * s : (x1 - bx0) * s]
+                if on_tile:
+                    on_tile(len(group))
+            if host is None:
+                out[y0 * s : y1 * s] = HostCopy(strip).array()
+        return out
+
+
+class HostCopy:
+    """Device integers on their way to the host.
+
+    On CUDA the copy is queued on a stream of its own, behind an event of the compute stream, into
+    page-locked memory: `array()` (the writer thread calls it) waits for that copy only, while the
+    compute stream goes on with the next frames. Elsewhere the copy is made at once."""
+
+    _streams: dict[torch.device, torch.cuda.Stream] = {}
+
+    def __init__(self, pixels: torch.Tensor) -> None:
+        self.nbytes = pixels.numel() * pixels.element_size()
+        self._device = pixels.device
+        if pixels.device.type != "cuda":
+            self._array: np.ndarray | None = pixels.cpu().numpy()
+            return
+        self._array = None
+        self._pixels = pixels
+        self._ready = torch.cuda.Event()
+        self._ready.record(torch.cuda.current_stream(pixels.device))
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> HostCopy:
+        copy_ = cls.__new__(cls)
+        copy_.nbytes, copy_._device, copy_._array = array.nbytes, torch.device("cpu"), array
+        return copy_
+
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            stream = HostCopy._streams.get(self._device)
+            if stream is None:
+                stream = HostCopy._streams[self._device] = torch.cuda.Stream(self._device)
+            with torch.cuda.stream(stream):
+                stream.wait_event(self._ready)
+                host = torch.empty(self._pixels.shape, dtype=self._pixels.dtype, pin_memory=True)
+                host.copy_(self._pixels, non_blocking=True)
+                self._pixels.record_stream(stream)  # its memory is not reused before this copy is done
+            stream.synchronize()
+            self._array, self._pixels = host.numpy(), None
+        return self._array

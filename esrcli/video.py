@@ -34,6 +34,7 @@ from .atomic import atomic_write
 from .engine import Stages, run_stages
 from .errors import EsrError
 from .scaling import Pipeline, target_size
+from .tiling import HostCopy
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 CHROMA_SUBSAMPLED = re.compile(r"^(yuv|yuvj|nv)(420|422|411|410|12|16|21)")
@@ -889,7 +890,7 @@ def encode_span(
             )
             raise VideoError(f"{work.src}: decoding failed ({reason})")
 
-    def upscale(batch: list[np.ndarray]) -> list[np.ndarray]:
+    def upscale(batch: list[np.ndarray]) -> list[HostCopy]:
         nonlocal done
         try:
             ups = pipeline.run_frames(batch)
@@ -900,7 +901,7 @@ def encode_span(
 
     stages = Stages(
         upscale,
-        writer.write,
+        lambda frame: writer.write(frame.array()),  # a frame from the device arrives here, not in the compute thread
         batch=pipeline.frames_per_call(h, w),
         read_ahead=8,
         write_behind=8,

@@ -56,6 +56,20 @@ def test_tiled_output_equals_the_whole_image_output(weights):
         assert (diff > 0).mean() < 1e-3
 
 
+@pytest.mark.parametrize("extra", [0, 11])
+def test_exact_tiles_are_placed_not_blended(extra):
+    """Where the overlap covers the network's reach, each core is exact and is placed as it is: equal to the
+    whole image up to float rounding, with a wider overlap too, and with two tiles whose context boxes are the
+    same (a 40 px row cut at 20: both see all of it)."""
+    network = small_span()
+    overlap = receptive_radius(network) + extra
+    for image, tile in ((binary_blocks(300, 200, 5), 64), (photo(40, 28), 32)):
+        whole = run(Upscaler(network, 4, TilePlan(0, overlap, 1)), image)
+        upscaler = Upscaler(network, 4, TilePlan(tile, overlap, 2))
+        assert upscaler.count_tiles(*image.shape[:2]) > 1
+        assert np.abs(whole.astype(int) - run(upscaler, image).astype(int)).max() <= 1
+
+
 def test_a_blended_overlap_band_lets_padding_through():
     """Why tile edges get no weight: blending over the whole overlap (as for networks of unknown
     reach) mixes in outputs that saw the tile's zero padding, which full-contrast blocks expose."""
@@ -298,6 +312,54 @@ def test_a_half_precision_model_keeps_fp32_weights_from_the_file():
 def test_whole_frames_batched_equal_frames_one_by_one():
     net = small_span()
     frames = [photo(48, 32), photo(48, 32)[::-1].copy(), photo(48, 32)[:, ::-1].copy()]
-    batched = Upscaler(net, 4, TilePlan(0, 21, 3)).upscale_frames(frames, np.dtype(np.uint8))
+    batched = [f.array() for f in Upscaler(net, 4, TilePlan(0, 21, 3)).upscale_frames(frames, np.dtype(np.uint8))]
     single = [run(Upscaler(net, 4, TilePlan(0, 21, 1)), f) for f in frames]
     assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(batched, single))
+
+
+# --- CUDA (../shared/gpu/check.sh runs this file on a GPU machine; here they skip) --------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+
+
+def embedded_network(device: str) -> nn.Module:
+    """esr-tiny's embedded weights: real (not chaotic) and present on any machine, ../shared or not."""
+    import esrcli
+
+    return esrcli.load_model("esr-tiny", device=device, precision="fp32").network
+
+
+def textured(width: int, height: int, seed: int = 0) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([np.sin(x / 7.0), np.cos(y / 5.0), np.sin((x + y) / 11.0)], -1) * 100 + 128
+    return np.clip(base + np.random.default_rng(seed).normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+@cuda
+def test_cuda_frames_arrive_on_the_host_from_another_thread_as_the_cpu_makes_them():
+    """Frames come back through a copy stream of their own, resolved in another thread (as the video writer
+    does) while later batches are already queued: each equals the CPU's fp32 frame within two levels."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = [textured(160, 96, seed) for seed in range(6)]
+    cpu = Upscaler(embedded_network("cpu"), 4, TilePlan(0, 21, 1))
+    expected = [run(cpu, f) for f in frames]
+    gpu = Upscaler(embedded_network("cuda"), 4, TilePlan(0, 21, 3))
+    pending = gpu.upscale_frames(frames[:3], np.dtype(np.uint8)) + gpu.upscale_frames(frames[3:], np.dtype(np.uint8))
+    with ThreadPoolExecutor(1) as writer:
+        arrived = writer.submit(lambda: [p.array() for p in pending]).result()
+    for got, want in zip(arrived, expected):
+        assert got.dtype == np.uint8 and np.abs(got.astype(int) - want.astype(int)).max() <= 2  # cuDNN may use TF32
+
+
+@cuda
+@pytest.mark.parametrize("extra", [0, 8])
+def test_cuda_placed_and_blended_tiles_equal_the_cpu(extra):
+    image = textured(300, 200)
+    network = embedded_network("cpu")
+    overlap = receptive_radius(network) + extra
+    expected = run(Upscaler(network, 4, TilePlan(0, overlap, 1)), image)
+    gpu = Upscaler(embedded_network("cuda"), 4, TilePlan(64, overlap, 4))
+    assert np.abs(run(gpu, image).astype(int) - expected.astype(int)).max() <= 2  # cuDNN may use TF32
+    gpu.context = 0  # blended, as for a network of unknown reach: still within a level away from tile edges
+    assert np.abs(run(gpu, image).astype(int) - expected.astype(int)).mean() < 0.5
