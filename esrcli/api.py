@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +24,7 @@ from PIL import Image
 from torch import nn
 
 from .batch import ALPHA_MODES, upscale_picture
+from .denoise import AUTO, DenoiseError, mix, parse_strength
 from .device import resolve_device, resolve_precision, use_fixed_shapes
 from .errors import EsrError
 from .imagefile import Picture, picture_from_pil, to_8bit
@@ -48,16 +50,29 @@ class Model:
     model loads its other native variants when a factor needs them."""
 
     def __init__(
-        self, ref: str, *, scale: float | None = None, device: str = "auto", precision: str = "auto", progress: bool = False
+        self,
+        ref: str,
+        *,
+        scale: float | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        denoise: float | str | None = None,
+        progress: bool = False,
     ) -> None:
         self.ref = ref
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self._progress = progress
-        self._variants: dict[int, LoadedModel] = {}
-        self._fp32: dict[int, nn.Module] = {}
+        self._variants: dict[tuple[int, float], LoadedModel] = {}
+        self._fp32: dict[tuple[int, float], nn.Module] = {}
         use_fixed_shapes(self.device)
         registry = default_registry()
+        # --denoise: mixing with the registry's robust partner; "auto" (from each input) where there is one
+        self.partner = registry.get(ref).robust if ref in registry.entries else ""
+        strength = parse_strength(denoise)
+        if strength not in (None, 0.0) and not self.partner:
+            raise DenoiseError(f"{ref}: --denoise needs a model with a robust partner to mix with (models.toml robust; esr-tiny has one)")
+        self.denoise: float | str = (AUTO if self.partner else 0.0) if strength is None else strength
         self.native: list[int] = registry.get(ref).scales if ref in registry.entries else []
         first = self._variant(plan_scale(self.native, scale).passes[0] if self.native and scale is not None else None)
         if not self.native:
@@ -77,16 +92,28 @@ class Model:
     def params(self) -> int:
         return sum(p.numel() for p in self.network.parameters())
 
-    def _variant(self, scale: int | None) -> LoadedModel:
-        """The network of one native scale, loaded once. In half precision an fp32 copy is kept too,
-        made from the weights as loaded: tiles that overflow are redone with it."""
-        if scale is not None and scale in self._variants:
-            return self._variants[scale]
-        loaded = load_reference(self.ref, scale=scale, device=self.device, dtype=torch.float32, progress=self._progress)
+    def partner_scales(self) -> list[int]:
+        return default_registry().get(self.partner).scales if self.partner else []
+
+    def _variant(self, scale: int | None, strength: float = 0.0) -> LoadedModel:
+        """The network of one native scale (mixed with the robust partner's by `strength`), made once. In
+        half precision an fp32 copy is kept too, made from the weights as loaded: tiles that overflow are
+        redone with it."""
+        if scale is not None and (scale, strength) in self._variants:
+            return self._variants[(scale, strength)]
+        if strength:
+            base = self._variant(scale)
+            if base.scale not in self.partner_scales():
+                raise DenoiseError(f"{self.ref} x{base.scale}: its robust partner {self.partner} has no x{base.scale} weights to mix with")
+            partner = load_reference(self.partner, scale=base.scale, device=self.device, dtype=torch.float32, progress=self._progress)
+            fp32 = self._fp32.get((base.scale, 0.0), base.network)
+            loaded = LoadedModel(base.name, mix(fp32, partner.network, strength).eval(), source=base.source)
+        else:
+            loaded = load_reference(self.ref, scale=scale, device=self.device, dtype=torch.float32, progress=self._progress)
         if self.dtype != torch.float32:
-            self._fp32[loaded.scale] = loaded.network
+            self._fp32[(loaded.scale, strength)] = loaded.network
             loaded.network = place(copy.deepcopy(loaded.network), self.device, self.dtype)
-        self._variants[loaded.scale] = loaded
+        self._variants[(loaded.scale, strength)] = loaded
         return loaded
 
     def pipeline(
@@ -98,19 +125,51 @@ class Model:
         batch: int | None = None,
         tiling: Mapping[int, TilePlan] | None = None,
         plan_for: tuple[torch.device, torch.dtype] | None = None,
+        denoise: float | str | None = None,
     ) -> Pipeline:
         """The passes and tiling that reach `scale`: tile None plans from the memory free on the device
         (`plan_for`'s, when the model is only opened to plan work for other machines), 0 runs whole images.
         `tiling` (another pipeline's `.tiling`) reuses a plan made elsewhere, so a Ray worker cuts the same
-        tiles as the driver and gives the same pixels."""
+        tiles as the driver and gives the same pixels. `denoise` (default: the model's) is a strength, or
+        "auto": then `Pipeline.for_input` picks the pipeline of the strength each input calls for (passes
+        at a scale the partner lacks run unmixed)."""
         check_tiling(tile, overlap, batch)
+        strength = self.denoise if denoise is None else parse_strength(denoise)
+        if strength != 0.0 and not self.partner:
+            raise DenoiseError(f"{self.ref}: --denoise needs a model with a robust partner to mix with (models.toml robust)")
+        target = self.scale if scale is None else scale
+        settings = {"tile": tile, "overlap": overlap, "batch": batch, "tiling": tiling, "plan_for": plan_for}
+        if strength == AUTO:  # the unmixed pipeline, which picks another for each input
+            key = (target, tuple(sorted((tiling or {}).items())), tile, overlap, batch, plan_for, AUTO)
+            if key not in self._pipelines:
+                self._pipelines[key] = replace(self._mixed(target, 0.0, **settings), choose=lambda t: self._mixed(target, t, **settings))
+            return self._pipelines[key]
+        lacking = [s for s in plan_scale(self.native, target).scales if s not in self.partner_scales()]
+        if strength and lacking:
+            raise DenoiseError(f"{self.ref}: its robust partner {self.partner} has no x{lacking[0]} weights to mix with; "
+                               f"--denoise works at " + ", ".join(f"x{s}" for s in self.partner_scales()))  # fmt: skip
+        return self._mixed(target, float(strength), **settings)
+
+    def _mixed(
+        self,
+        target: float,
+        strength: float,
+        *,
+        tile: int | None,
+        overlap: int | None,
+        batch: int | None,
+        tiling: Mapping[int, TilePlan] | None,
+        plan_for: tuple[torch.device, torch.dtype] | None,
+    ) -> Pipeline:
+        """The pipeline of one strength (made once): passes at a scale the partner lacks run unmixed."""
         device, dtype = plan_for or (self.device, self.dtype)
-        key = (self.scale if scale is None else scale, tile, overlap, batch, tuple(sorted((tiling or {}).items())), device, dtype)
+        key = (target, tile, overlap, batch, tuple(sorted((tiling or {}).items())), device, dtype, strength)
         if key not in self._pipelines:
-            plan = plan_scale(self.native, key[0])
+            plan = plan_scale(self.native, target)
             upscalers = {}
             for s in plan.scales:
-                network = self._variant(s).network
+                mixed = strength if s in self.partner_scales() else 0.0
+                network = self._variant(s, mixed).network
                 if tiling is not None and s in tiling:
                     tiles = tiling[s]
                 elif tile is None:
@@ -119,8 +178,9 @@ class Model:
                 else:
                     tiles = TilePlan(tile, default_overlap(network) if overlap is None else overlap, batch or 1)
                 check_tiling(tiles.tile, tiles.overlap, tiles.batch)
-                upscalers[s] = Upscaler(network, s, tiles, fp32=self._fp32.get(s))
-            self._pipelines[key] = Pipeline(plan, upscalers)
+                upscalers[s] = Upscaler(network, s, tiles, fp32=self._fp32.get((s, mixed)))
+            mixed_any = any(s in self.partner_scales() for s in plan.scales)
+            self._pipelines[key] = Pipeline(plan, upscalers, strength=strength if mixed_any else 0.0)
         return self._pipelines[key]
 
     def upscale(
@@ -167,24 +227,29 @@ class Model:
     ) -> ExportResult:
         """Write the model for ONNX Runtime (.onnx), spandrel/chaiNNer (.pth) or esr (.safetensors), as
         `esr export` does: compared with this model's output on `check_image` (RGB uint8 HxWx3; default
-        esr's test card) before it is kept. The result holds the figures of that comparison."""
+        esr's test card) before it is kept. The result holds the figures of that comparison. A model opened
+        with a fixed `denoise` strength exports that mix; under "auto" (per input) the model as it is."""
         from .export import open_source
 
         native = self.network.scale if self.ref in default_registry().entries else None
-        source = open_source(self.ref, scale=native, progress=self._progress)
+        denoise = 0.0 if self.denoise == AUTO else float(self.denoise)  # a fixed strength is baked in; auto is per input
+        source = open_source(self.ref, scale=native, denoise=denoise, progress=self._progress)
         picture = None if check_image is None else ("check image", np.ascontiguousarray(check_image[..., :3].astype(np.uint8)))
         return source.export(path, fmt=format, fp16=fp16, overwrite=overwrite, check_image=picture)
 
 
-def load_model(name_or_path: str, *, scale: float | None = None, device: str = "auto", precision: str = "auto") -> Model:
+def load_model(
+    name_or_path: str, *, scale: float | None = None, device: str = "auto", precision: str = "auto", denoise: float | str | None = None
+) -> Model:
     """Open a model: a registry name (esr models list), a .pth/.safetensors file, an esr train run
-    folder or hf://owner/repo/file. Weights are downloaded, verified and fused once, then cached."""
-    return Model(str(name_or_path), scale=scale, device=device, precision=precision)
+    folder or hf://owner/repo/file. Weights are downloaded, verified and fused once, then cached.
+    `denoise` (0..1 or "auto", the default for models with a robust partner) is `--denoise`."""
+    return Model(str(name_or_path), scale=scale, device=device, precision=precision, denoise=denoise)
 
 
 @lru_cache(maxsize=4)
-def _cached_model(name_or_path: str, device: str, precision: str) -> Model:
-    return Model(name_or_path, device=device, precision=precision)
+def _cached_model(name_or_path: str, device: str, precision: str, denoise: float | str | None) -> Model:
+    return Model(name_or_path, device=device, precision=precision, denoise=denoise)
 
 
 def upscale(
@@ -196,9 +261,11 @@ def upscale(
     precision: str = "auto",
     tile: int | None = None,
     exif_transpose: bool = True,
+    denoise: float | str | None = None,
 ) -> ImageLike:
     """Upscale one image with `model` (opened once and kept for later calls); see Model.upscale."""
-    return _cached_model(str(model), device, precision).upscale(image, scale=scale, tile=tile, exif_transpose=exif_transpose)
+    model_ = _cached_model(str(model), device, precision, parse_strength(denoise))
+    return model_.upscale(image, scale=scale, tile=tile, exif_transpose=exif_transpose)
 
 
 # --- conversions -----------------------------------------------------------------------------
@@ -259,6 +326,8 @@ def _upscale_tensor(tensor: torch.Tensor, pipeline: Pipeline, on_tile: Any) -> t
     if not bool(torch.isfinite(tensor).all()):
         raise InputError("tensor holds NaN or infinite values: pixels must be finite, in 0..1")
     batch = tensor[None] if tensor.ndim == 3 else tensor
+    if pipeline.choose is not None:  # --denoise auto: measured on the first image, as 8-bit pixels
+        pipeline, _ = pipeline.for_input((batch[0].detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
     first = pipeline.upscalers[pipeline.plan.passes[0]]
     h, w = batch.shape[-2:]
     if len(pipeline.plan.passes) == 1 and not pipeline.plan.resample and first.count_tiles(h, w) == 1 and first.device == tensor.device:

@@ -41,10 +41,13 @@ def upscale_picture(
     alpha_mode: str = "model",
     on_tile: Callable[[int], None] | None = None,
 ) -> Picture:
-    """The upscaled picture: colour (and alpha) through the model, resampled to the exact size."""
+    """The upscaled picture: colour (and alpha) through the model, resampled to the exact size. Under
+    --denoise auto the pipeline is the one of the strength this picture calls for (the result says which)."""
+    pipeline, denoise = pipeline.for_input(picture.pixels, picture.jpeg_tables)
     pixels = pipeline.run(picture.pixels, on_tile)
     alpha = None if picture.alpha is None else upscale_alpha(picture.alpha, pipeline, alpha_mode, on_tile)
-    return Picture(pixels=pixels, alpha=alpha, icc_profile=picture.icc_profile, exif=picture.exif, format=picture.format)
+    return Picture(pixels=pixels, alpha=alpha, icc_profile=picture.icc_profile, exif=picture.exif, format=picture.format,
+                   denoise=denoise)  # fmt: skip
 
 
 def upscale_alpha(alpha: np.ndarray, pipeline: Pipeline, mode: str = "model", on_tile: Callable[[int], None] | None = None) -> np.ndarray:
@@ -99,6 +102,7 @@ class Outcome:
     status: str  # "done", "skipped" or "failed"
     error: str | None = None
     seconds: float = 0.0
+    denoise: dict | None = None  # the --denoise strength it was upscaled with (and, under auto, what decided it)
 
 
 @dataclass
@@ -257,7 +261,7 @@ def save(task: Task, result: Picture, settings: Settings) -> Outcome:
         return Outcome(task.source, task.output, "failed", str(exc))
     except OSError as exc:
         return Outcome(task.source, task.output, "failed", f"{task.output}: cannot write ({exc.strerror or exc})")
-    return Outcome(task.source, path, "done")
+    return Outcome(task.source, path, "done", denoise=result.denoise)
 
 
 def process(

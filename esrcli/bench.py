@@ -15,6 +15,7 @@ from torch import nn
 from .degrade import degrade_benchmark, parse_spec
 from .device import memory_format
 from .errors import EsrError
+from .estimate import IJG_CHROMA, IJG_LUMA, ijg_table
 from .imagefile import read_rgb8
 from .imresize import bicubic_downscale_uint8, imresize, mod_crop
 from .metrics import psnr, ssim, to_uint8
@@ -65,12 +66,15 @@ def evaluate_set(
     with_ssim: bool = True,
     degrade: str | None = None,
     on_image: Callable[[Path], None] | None = None,
+    network_for: Callable[[np.ndarray, dict | None], nn.Module] | None = None,
 ) -> SetScore:
     """Mean PSNR/SSIM over a set's HR/ images (or a plain folder of images); LR from
     LR_bicubic/X{s}/ or made with MATLAB bicubic, or with `degrade` (a spec such as `jpeg:70`,
     see esrcli.degrade) applied from HR.
 
     `with_ssim=False` skips SSIM (NaN) where only PSNR is wanted: it costs more than the network.
+    `network_for(lr, jpeg_tables)` picks the network per image (--denoise auto measures the LR as it would a
+    file: a degradation that ends in JPEG was a JPEG file, whose tables Pillow wrote at that quality).
     """
     if degrade:
         parse_spec(degrade)  # a bad spec fails before any work
@@ -96,12 +100,21 @@ def evaluate_set(
                 f"{lr_path}: {lr.shape[1]}x{lr.shape[0]} is not its HR image's {hr.shape[1]}x{hr.shape[0]} / {scale}; "
                 f"is LR_bicubic/X{scale}/ for another scale or another crop?"
             )
-        sr = upscale_array(network, lr)
+        sr = upscale_array(network_for(lr, _jpeg_tables(degrade)) if network_for else network, lr)
         psnrs.append(psnr(sr, hr, crop, channel))
         ssims.append(ssim(sr, hr, crop, channel) if with_ssim else float("nan"))
         if on_image:
             on_image(path)
     return SetScore(float(np.mean(psnrs)), float(np.mean(ssims)), len(paths), dict(zip((p.stem for p in paths), psnrs)))
+
+
+def _jpeg_tables(degrade: str | None) -> dict | None:
+    """The quantisation tables of the JPEG file a degradation ends in (Pillow writes libjpeg's, scaled)."""
+    steps = parse_spec(degrade) if degrade else []
+    if not steps or steps[-1][0] != "jpeg":
+        return None
+    quality = int(steps[-1][1])
+    return {0: ijg_table(IJG_LUMA, quality).astype(int).tolist(), 1: ijg_table(IJG_CHROMA, quality).astype(int).tolist()}
 
 
 def count_macs(network: nn.Module, shape: tuple[int, int, int, int]) -> int:

@@ -117,8 +117,13 @@ class ExportSource:
 STRUCTURAL_KEYS = ("esr.arch", "esr.config", "esr.form", "esr.scale")
 
 
-def open_source(ref: str, *, scale: int | None = None, use_ema: bool = True, strength: float = 1.0, progress: bool = True) -> ExportSource:
-    """Anything -m accepts, fused; `use_ema` and `strength` choose a run folder's weights."""
+def open_source(
+    ref: str, *, scale: int | None = None, use_ema: bool = True, strength: float = 1.0, denoise: float = 0.0, progress: bool = True
+) -> ExportSource:
+    """Anything -m accepts, fused; `use_ema` and `strength` choose a run folder's weights; `denoise` bakes a
+    registry model's mix with its robust partner into the file (esrcli.denoise)."""
+    if denoise:
+        return _denoised_source(ref, scale=scale, denoise=denoise, progress=progress)
     from .loading import is_file_reference, load_reference
     from .registry import default_registry
 
@@ -157,6 +162,27 @@ def open_source(ref: str, *, scale: int | None = None, use_ema: bool = True, str
         metadata = {k: v for k, v in read_state_dict(path)[1].items() if k.startswith("esr.") and k not in STRUCTURAL_KEYS}
     metadata = {**released, **metadata}
     return ExportSource(path.stem, network, metadata, inputs=(path,), licence=metadata.get("esr.licence", ""))
+
+
+def _denoised_source(ref: str, *, scale: int | None, denoise: float, progress: bool) -> ExportSource:
+    """The model mixed with its robust partner as `esr upscale --denoise` mixes it (esrcli.denoise.mix)."""
+    from .denoise import DenoiseError, mix
+    from .loading import load_reference
+    from .registry import default_registry
+
+    registry = default_registry()
+    partner = registry.get(ref).robust if ref in registry.entries else ""
+    if not partner:
+        raise DenoiseError(f"{ref}: --denoise needs a model with a robust partner to mix with (models.toml robust)")
+    source = open_source(ref, scale=scale, progress=progress)
+    if source.network.scale not in registry.get(partner).scales:
+        raise DenoiseError(
+            f"{ref} x{source.network.scale}: its robust partner {partner} has no x{source.network.scale} weights to mix with"
+        )
+    other = load_reference(partner, scale=source.network.scale, progress=progress, registry=registry).network
+    metadata = {**source.metadata, "esr.denoise": f"{denoise:g}", "esr.robust": partner}
+    return ExportSource(f"{source.name}-denoise{denoise:g}", mix(source.network, other, denoise).eval(), metadata, source.inputs,
+                        licence=source.licence, paper=source.paper, title=source.title)  # fmt: skip
 
 
 def _clamped_release(network: SRNet, registry: Registry) -> dict[str, str]:

@@ -59,6 +59,8 @@ class Picture:
     icc_profile: bytes | None = None
     exif: bytes | None = None  # starts with b"Exif\0\0", Orientation already applied (tag is 1)
     format: str = "PNG"
+    jpeg_tables: dict[int, list[int]] | None = None  # a JPEG's quantisation tables: its quality, for --denoise auto
+    denoise: dict | None = None  # an upscaled picture: its --denoise strength, and under auto what decided it
 
     def __post_init__(self) -> None:
         # Fail early with a clear message when a caller builds an inconsistent picture.
@@ -212,7 +214,12 @@ def _decode(name: str, im: Image.Image) -> Picture:
     pixels = _orient(pixels, orientation)
     alpha = None if alpha is None else _orient(alpha, orientation)
     icc = _fitting_icc(im, pixels.shape[2])
-    return Picture(pixels=pixels, alpha=alpha, icc_profile=icc, exif=exif, format=fmt)
+    return Picture(pixels=pixels, alpha=alpha, icc_profile=icc, exif=exif, format=fmt, jpeg_tables=jpeg_tables(im))
+
+
+def jpeg_tables(im: Image.Image) -> dict[int, list[int]] | None:
+    tables = getattr(im, "quantization", None) if im.format in ("JPEG", "MPO") else None
+    return {int(k): list(v) for k, v in tables.items()} if tables else None
 
 
 def picture_from_pil(im: Image.Image, *, name: str = "<PIL image>", exif_transpose: bool = True) -> Picture:
@@ -233,7 +240,11 @@ def picture_from_pil(im: Image.Image, *, name: str = "<PIL image>", exif_transpo
     pixels, alpha = _orient(pixels, orientation), None if alpha is None else _orient(alpha, orientation)
     icc = _fitting_icc(im, pixels.shape[2])
     return Picture(
-        pixels=np.ascontiguousarray(pixels), alpha=None if alpha is None else np.ascontiguousarray(alpha), icc_profile=icc, exif=exif
+        pixels=np.ascontiguousarray(pixels),
+        alpha=None if alpha is None else np.ascontiguousarray(alpha),
+        icc_profile=icc,
+        exif=exif,
+        jpeg_tables=jpeg_tables(im),
     )
 
 

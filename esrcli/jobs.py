@@ -15,7 +15,7 @@ from typing import Any
 
 from .batch import Batch, Outcome, Settings, Task, run_batch
 from .scaling import Pipeline
-from .video import VideoJob, VideoResult, upscale_video
+from .video import VideoJob, VideoResult, decide_denoise, upscale_video
 
 
 @dataclass
@@ -49,6 +49,7 @@ class ModelSpec:
     device: str
     precision: str
     scale: float | None
+    denoise: float | str | None = None
 
     def for_workers(self, pipeline: Pipeline) -> Any:
         """The Ray workers' spec: the same model, with this machine's tile plan and thread count. A worker
@@ -59,7 +60,8 @@ class ModelSpec:
         from .raydist import WorkerSpec
 
         ref = str(Path(self.ref).resolve()) if Path(self.ref).exists() else self.ref  # workers start elsewhere
-        return WorkerSpec(ref, self.device, self.precision, self.scale, pipeline.tiling, threads=torch.get_num_threads())
+        denoise = self.denoise if pipeline.choose is not None else pipeline.strength  # a video's was decided on this machine
+        return WorkerSpec(ref, self.device, self.precision, self.scale, pipeline.tiling, threads=torch.get_num_threads(), denoise=denoise)
 
 
 @dataclass
@@ -82,7 +84,10 @@ class FilesRun:
             "scale": pipeline.plan.target,
             "plan": pipeline.plan.describe(),
             "inputs": len(self.batch.tasks) + len(self.batch.failures),
-            "outputs": [{"input": str(o.source), "output": str(o.output), "seconds": round(o.seconds, 3)} for o in self.of("done")],
+            "outputs": [
+                {"input": str(o.source), "output": str(o.output), "seconds": round(o.seconds, 3), **(o.denoise or {})}
+                for o in self.of("done")
+            ],  # fmt: skip
             "skipped": [{"input": str(o.source), "output": str(o.output)} for o in self.of("skipped")],
             "failures": [{"input": str(o.source), "error": o.error} for o in self.of("failed")],
             "retries": pipeline.retries,
@@ -141,6 +146,7 @@ def upscale_one_video(
     """The video here or its segments on the cluster: (result, the cluster's report or None)."""
     if ray is None:
         return upscale_video(job, on_progress=on_progress, on_info=on_info), None
+    job = decide_denoise(job)  # once per video, here: every worker's segment gets the same strength
     from . import raydist
 
     return raydist.upscale_video(
@@ -161,6 +167,7 @@ def video_summary(job: VideoJob, result: VideoResult, *, model: str, seconds: fl
         "truncated_input_missing_seconds": round(float(result.missing), 3),
         "size": list(result.size),
         "retries": job.pipeline.retries,
+        "denoise": result.denoise,
         "seconds": round(seconds, 3),
         "fps": round((result.frames - result.resumed_from) / seconds, 3) if seconds else None,
         **_cluster(cluster),

@@ -45,6 +45,7 @@ class WorkerSpec:
     scale: float | None
     tiling: dict[int, TilePlan]  # the driver's tile plan per pass (Pipeline.tiling)
     threads: int  # torch threads of a CPU worker: the driver's, so that the rounding is the same
+    denoise: float | str | None = None  # --denoise: a strength, or auto (each file measured where it runs)
 
 
 @dataclass
@@ -136,7 +137,7 @@ def _worker_class(ray: Any) -> Any:
 
             if spec.threads:
                 torch.set_num_threads(spec.threads)
-            self.model = Model(spec.model, scale=spec.scale, device=spec.device, precision=spec.precision)
+            self.model = Model(spec.model, scale=spec.scale, device=spec.device, precision=spec.precision, denoise=spec.denoise)
             self.pipeline = self.model.pipeline(spec.scale, tiling=spec.tiling)
 
         def pid(self) -> int:

@@ -51,6 +51,9 @@ class ModelEntry:
     # calibrated per weight file, see esrcli.loading): releases that turn saturated colour edges into
     # speckle need it; photographs never reach the bounds, so their output does not change.
     clamp_features: bool = False
+    # The registry name of the same network trained on degraded inputs from this one's weights: --denoise
+    # mixes the two (esrcli.denoise), at the scales both have.
+    robust: str = ""
 
     @property
     def scales(self) -> list[int]:
@@ -115,6 +118,7 @@ def _entry(name: str, raw: Any, where: str) -> ModelEntry:
             weights=weights,
             notes=raw.get("notes", ""),
             clamp_features=_flag(raw, "clamp_features"),
+            robust=str(raw.get("robust", "")),
         )
     except KeyError as exc:
         raise RegistryError(f"{where}: model '{name}' lacks {exc}") from None
@@ -134,7 +138,11 @@ class Registry:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise RegistryError(f"{path}: cannot read the model registry ({' '.join(str(exc).split())})") from None
-        return cls({name: _entry(name, body, str(path)) for name, body in raw.items()}, path)
+        entries = {name: _entry(name, body, str(path)) for name, body in raw.items()}
+        for entry in entries.values():
+            if entry.robust and (entry.robust == entry.name or entry.robust not in entries):
+                raise RegistryError(f"{path}: model '{entry.name}' names robust = '{entry.robust}', which is not another model in it")
+        return cls(entries, path)
 
     def get(self, name: str) -> ModelEntry:
         try:

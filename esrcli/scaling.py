@@ -10,13 +10,15 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from .denoise import snap, strength_for
 from .errors import EsrError
+from .estimate import measure
 from .tiling import HostCopy, TilePlan, Upscaler
 
 MAX_SCALE = 16
@@ -145,6 +147,24 @@ class Pipeline:
 
     plan: ScalePlan
     upscalers: Mapping[int, Upscaler]
+    strength: float = 0.0  # --denoise: how far its networks are mixed towards the robust partner
+    choose: Callable[[float], Pipeline] | None = None  # under --denoise auto: the pipeline of a strength
+
+    def for_input(self, pixels: np.ndarray, jpeg_tables: Mapping[int, Sequence[int]] | None = None) -> tuple[Pipeline, dict | None]:
+        """The pipeline for this input, and what decided its --denoise strength (None: no mixing involved):
+        itself, or under --denoise auto the one of the strength that what the input shows (esrcli.estimate)
+        calls for."""
+        if self.choose is None:
+            return self, ({"denoise": self.strength} if self.strength else None)
+        measured = measure(pixels, jpeg_tables)
+        chosen = self.choose(strength_for(measured))
+        return chosen, {"denoise": chosen.strength, **measured.as_dict()}
+
+    def for_frames(self, frames: Sequence[np.ndarray]) -> Pipeline:
+        """One pipeline for a whole video: the median of its sampled frames' strengths."""
+        if self.choose is None or not frames:
+            return self
+        return self.choose(snap(float(np.median([strength_for(measure(f)) for f in frames]))))
 
     def run(self, pixels: np.ndarray, on_tile: Callable[[int], None] | None = None) -> np.ndarray:
         """The model passes over an (H, W, C) uint8/uint16 array, then the exact-size resample.

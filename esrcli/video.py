@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -610,6 +610,7 @@ class VideoResult:
     rate: Fraction
     size: tuple[int, int]
     missing: Fraction = Fraction(0)  # seconds a truncated input lacked (--allow-truncated)
+    denoise: float = 0.0  # the --denoise strength of the whole video
 
 
 class _SegmentWriter:
@@ -808,13 +809,14 @@ def missing_runs(work: SegmentWork, manifest: Manifest) -> list[tuple[int, int]]
 def finish_video(job: VideoJob, work: SegmentWork, manifest: Manifest, resumed_from: int) -> VideoResult:
     _mux(job, work.info, manifest, work.folder, work.rate)
     shutil.rmtree(work.folder, ignore_errors=True)
-    return VideoResult(work.info.frames, resumed_from, work.rate, work.size, work.info.missing)
+    return VideoResult(work.info.frames, resumed_from, work.rate, work.size, work.info.missing, job.pipeline.strength)
 
 
 def upscale_video(
     job: VideoJob, on_progress: Callable[[int, int], None] | None = None, on_info: Callable[[VideoInfo], None] | None = None
 ) -> VideoResult:
     """Upscale `job.src` into `job.dst`: segments, then the final mux; see the module docstring."""
+    job = decide_denoise(job)
     work, manifest = prepare_video(job, on_info)
     resumed = manifest.frames_done
     if on_progress:
@@ -836,6 +838,30 @@ def upscale_video(
             problem = _problem(job.dst, exc)
             raise VideoError(f"{problem}; {resume_hint(work.folder, manifest)}" if kept else problem) from exc
         raise
+
+
+DENOISE_SAMPLES = 8
+
+
+def sample_frames(path: Path, info: VideoInfo, count: int = DENOISE_SAMPLES) -> list[np.ndarray]:
+    """`count` frames spread over the video, decoded as 8-bit RGB (frames that fail to decode are left out)."""
+    frames = []
+    for i in range(count):
+        at = float(info.duration) * (i + 0.5) / count
+        out = subprocess.run([FFMPEG, "-v", "error", "-nostdin", "-ss", f"{at:.3f}", "-i", str(path), "-map", "0:v:0", "-frames:v", "1",
+                              "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True)  # fmt: skip
+        if out.returncode == 0 and len(out.stdout) == info.width * info.height * 3:
+            frames.append(np.frombuffer(out.stdout, np.uint8).reshape(info.height, info.width, 3))
+    return frames
+
+
+def decide_denoise(job: VideoJob) -> VideoJob:
+    """Under --denoise auto, one strength for the whole video, from a sample of its frames (the same on a
+    resume, and in every Ray worker's segments); it is part of the manifest's model key."""
+    if job.pipeline.choose is None:
+        return job
+    pipeline = job.pipeline.for_frames(sample_frames(job.src, probe(job.src)))
+    return replace(job, pipeline=pipeline, model_key=f"{job.model_key}+denoise:{pipeline.strength:g}")
 
 
 def _problem(dst: Path, exc: BaseException) -> str:

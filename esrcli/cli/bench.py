@@ -15,7 +15,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..errors import EsrError
-from .common import FINITE_SECONDS, device_options, model_option, open_model, print_json, stderr, stdout
+from .common import FINITE_SECONDS, denoise_option, device_options, model_option, open_model, print_json, stderr, stdout
 
 
 def _size(value: str) -> tuple[int, int]:
@@ -82,9 +82,10 @@ Examples:
     "joined with + (e.g. blur:1.2+noise:5+jpeg:60). Identical on every run.",
 )
 @device_options
+@denoise_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def quality(model_ref, data_dirs, scale, metric, crop, limit, degrade, device, precision, quiet, as_json) -> None:
+def quality(model_ref, data_dirs, scale, metric, crop, limit, degrade, device, precision, denoise, quiet, as_json) -> None:
     """PSNR and SSIM of a model on benchmark sets, with the papers' protocol.
 
     -m bicubic scores MATLAB's bicubic interpolation, the baseline (-s picks its scale, default 4; it runs on
@@ -95,7 +96,7 @@ def quality(model_ref, data_dirs, scale, metric, crop, limit, degrade, device, p
 
     if degrade:
         parse_spec(degrade)
-    loaded = open_bench_model(model_ref, device, precision, scale=scale, progress=not (quiet or as_json))
+    loaded = open_bench_model(model_ref, device, precision, scale=scale, progress=not (quiet or as_json), denoise=denoise)
     results = {}
     total = sum(len(list_images(hr_folder(d))[:limit]) for d in data_dirs)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -104,7 +105,7 @@ def quality(model_ref, data_dirs, scale, metric, crop, limit, degrade, device, p
         for d in data_dirs:
             score = evaluate_set(
                 loaded.network, loaded.scale, d, channel=metric, crop=crop, limit=limit, degrade=degrade,
-                on_image=lambda _p: progress.advance(task),
+                on_image=lambda _p: progress.advance(task), network_for=loaded.network_for,
             )  # fmt: skip
             results[d.name] = {"psnr": round(score.psnr, 4), "ssim": round(score.ssim, 4), "images": score.images}
     summary = {
@@ -113,6 +114,7 @@ def quality(model_ref, data_dirs, scale, metric, crop, limit, degrade, device, p
         "metric": metric,
         "crop": loaded.scale if crop is None else crop,
         "degradation": degrade or "none (bicubic)",
+        "denoise": 0.0 if denoise is None else denoise,
         "sets": results,
     }
     if as_json:
@@ -130,8 +132,9 @@ def quality(model_ref, data_dirs, scale, metric, crop, limit, degrade, device, p
 class BenchModel:
     """What a benchmark needs of a model: its name, its network and that network's native scale."""
 
-    def __init__(self, name: str, network, scale: int) -> None:
+    def __init__(self, name: str, network, scale: int, network_for=None) -> None:
         self.name, self.network, self.scale = name, network, scale
+        self.network_for = network_for  # under --denoise auto: the network for one LR image
 
 
 class NoSuchVariant(EsrError):
@@ -142,17 +145,26 @@ class SpeedError(EsrError):
     pass
 
 
-def open_bench_model(model_ref: str, device: str, precision: str, *, scale: int | None, progress: bool) -> BenchModel:
-    """A model's native variant to score, or the MATLAB-bicubic baseline for -m bicubic."""
+def open_bench_model(
+    model_ref: str, device: str, precision: str, *, scale: int | None, progress: bool, denoise: float | str | None = None
+) -> BenchModel:
+    """A model's native variant to score (as it is, unless --denoise is given), or the MATLAB-bicubic
+    baseline for -m bicubic."""
     if model_ref == "bicubic":
         from ..bench import MatlabBicubic
 
+        if denoise is not None:
+            raise click.BadParameter("bicubic has no robust partner to mix with", param_hint="'--denoise'")
         return BenchModel("bicubic", MatlabBicubic(scale or 4), scale or 4)
-    model = open_model(model_ref, device, precision, scale=scale, progress=progress)
+    model = open_model(model_ref, device, precision, scale=scale, denoise=denoise or 0.0, progress=progress)
     if scale is not None and scale not in model.native:
         available = ", ".join(f"x{s}" for s in model.native)
         raise NoSuchVariant(f"model '{model.name}' has no x{scale} weights (available: {available})")
-    return BenchModel(model.name, model.network, model.network.scale)
+    native = model.network.scale
+    pipeline = model.pipeline(native, tile=0)
+    if pipeline.choose is None:
+        return BenchModel(model.name, pipeline.upscalers[native].network, native)
+    return BenchModel(model.name, model.network, native, lambda lr, tables: pipeline.for_input(lr, tables)[0].upscalers[native].network)
 
 
 @bench.command(

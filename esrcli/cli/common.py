@@ -173,20 +173,22 @@ def device_options(f: Callable) -> Callable:
     return f
 
 
-def open_model(model_ref: str, device: str, precision: str, *, scale: float | None = None, progress: bool = True) -> Model:
-    """The API's Model for -m, --device and --precision: the CLI adds nothing but progress bars."""
+def open_model(
+    model_ref: str, device: str, precision: str, *, scale: float | None = None, denoise: float | str | None = None, progress: bool = True
+) -> Model:
+    """The API's Model for -m, --device, --precision and --denoise: the CLI adds nothing but progress bars."""
     from ..api import Model
 
-    return Model(model_ref, scale=scale, device=device, precision=precision, progress=progress)
+    return Model(model_ref, scale=scale, device=device, precision=precision, denoise=denoise, progress=progress)
 
 
-def open_pipeline(model_ref: str, device: str, precision: str, *, scale, tile, overlap, batch, ray: bool, progress: bool):
+def open_pipeline(model_ref: str, device: str, precision: str, *, scale, tile, overlap, batch, ray: bool, progress: bool, denoise=None):
     """The model and the pipeline -s, --tile, --overlap and --batch ask for. With --ray the model is opened
     on this machine's CPU only to plan: the work, and the device memory, are the workers'; the plan is
     made for the device this machine would use, so the pixels equal a local run's. Also returns that
     device and precision: where the work runs, as a local run would."""
     if not ray:
-        model = open_model(model_ref, device, precision, scale=scale, progress=progress)
+        model = open_model(model_ref, device, precision, scale=scale, denoise=denoise, progress=progress)
         return model, model.pipeline(scale, tile=tile, overlap=overlap, batch=batch), (model.device, model.dtype)
     from ..device import resolve_device, resolve_precision
     from ..raydist import check_device
@@ -194,7 +196,7 @@ def open_pipeline(model_ref: str, device: str, precision: str, *, scale, tile, o
     check_device(device)
     target = resolve_device(device)
     plan_for = (target, resolve_precision(precision, target))
-    model = open_model(model_ref, "cpu", "fp32", scale=scale, progress=progress)
+    model = open_model(model_ref, "cpu", "fp32", scale=scale, denoise=denoise, progress=progress)
     return model, model.pipeline(scale, tile=tile, overlap=overlap, batch=batch, plan_for=plan_for), plan_for
 
 
@@ -214,6 +216,26 @@ def ray_options(f: Callable) -> Callable:
         'Needs pip install "esrcli[ray]" and a filesystem the workers share.',
     )(f)
     return f
+
+
+def _denoise(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
+    from ..denoise import DenoiseError, parse_strength
+
+    try:
+        return parse_strength(value)
+    except DenoiseError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def denoise_option(f: Callable) -> Callable:
+    """--denoise, shared by the commands that run a model with a robust partner."""
+    return click.option(
+        "--denoise",
+        metavar="S|auto",
+        callback=_denoise,
+        help="Mix the model's weights with its robust partner's (models.toml robust): 0 = the model, 1 = the partner, for "
+        "JPEG and noisy inputs. Default for models with a partner: auto, measured on each input (a video: once).",
+    )(f)
 
 
 def tiling_options(f: Callable) -> Callable:

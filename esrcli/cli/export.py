@@ -50,6 +50,13 @@ Examples:
     help="LoRA runs: merge W + STRENGTH * dW. Below 1, a shorter step from the student along the finetune.",
 )
 @click.option(
+    "--denoise",
+    type=FiniteFloat(0, 1),
+    default=0.0,
+    help="A model with a robust partner (models.toml robust): bake this mix of their weights into the file, as "
+    "esr upscale --denoise S runs it (auto is per input: export a number).",
+)
+@click.option(
     "--push-to-hub", "repo_id", metavar="OWNER/REPO", help="Upload the fused safetensors and a model card to this Hub repository."
 )
 @click.option("--revision", default="main", show_default=True, help="The Hub branch to commit to (created from main if new).")
@@ -78,6 +85,7 @@ def export(
     check_image: Path | None,
     raw: bool,
     strength: float,
+    denoise: float,
     repo_id: str | None,
     revision: str,
     private: bool,
@@ -103,7 +111,7 @@ def export(
     from ..export import open_source
 
     picture = _read_check_image(check_image) if check_image else None
-    source = open_source(model_ref, scale=scale, use_ema=not raw, strength=strength, progress=not as_json)
+    source = open_source(model_ref, scale=scale, use_ema=not raw, strength=strength, denoise=denoise, progress=not as_json)
     if licence:
         source.licence = source.metadata["esr.licence"] = licence
     report: dict = {"model": source.name, "arch": source.network.arch, "scale": source.network.scale}

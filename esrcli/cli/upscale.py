@@ -11,6 +11,7 @@ from ..paths import FORMATS
 from ..registry import DEFAULT_MODEL
 from .common import (
     RateColumn,
+    denoise_option,
     device_options,
     fail,
     interrupt_code,
@@ -55,7 +56,8 @@ Examples:
 @click.option("--allow-large", is_flag=True, help="Accept images over the 100-megapixel decompression-bomb limit.")
 @device_options
 @ray_options
-@click.option("-v", "--verbose", is_flag=True, help="Say which model, scale plan and tiling are used.")
+@denoise_option
+@click.option("-v", "--verbose", is_flag=True, help="Say which model, scale plan and tiling are used, and each file's --denoise strength.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def upscale(
@@ -77,6 +79,7 @@ def upscale(
     precision,
     ray_address,
     ray_workers,
+    denoise,
     verbose,
     quiet,
     as_json,
@@ -84,11 +87,12 @@ def upscale(
     """Upscale images: files, folders and globs, tiled seamlessly, with nothing lost from the file."""
     from ..atomic import remove_stale_partials
     from ..batch import Settings, plan_batch
+    from ..denoise import describe
     from ..jobs import ModelSpec, Ray, upscale_files
     from ..scaling import format_scale
 
     model, pipeline, (runs_on, runs_in) = open_pipeline(model_ref, device, precision, scale=scale, tile=tile, overlap=overlap, batch=batch,
-                                                        ray=bool(ray_address), progress=not (quiet or as_json))  # fmt: skip
+                                                        ray=bool(ray_address), progress=not (quiet or as_json), denoise=denoise)  # fmt: skip
     plan = pipeline.plan
     settings = Settings(quality=quality, alpha_mode=alpha_mode, overwrite=not skip_existing, allow_large=allow_large)
     jobs = plan_batch(
@@ -124,10 +128,12 @@ def upscale(
                 progress.console.print(f"[bold red]failed:[/] {outcome.error}", highlight=False)
             elif outcome.status == "skipped" and verbose and not as_json:
                 progress.console.print(f"skipped: {outcome.error}", highlight=False)
+            elif outcome.status == "done" and verbose and outcome.denoise and not as_json:
+                progress.console.print(f"{outcome.source}: {describe(outcome.denoise)}", highlight=False)
             progress.advance(files)
 
         try:
-            run = upscale_files(jobs, pipeline, settings, ModelSpec(model_ref, device, precision, scale), ray=ray, on_start=start,
+            run = upscale_files(jobs, pipeline, settings, ModelSpec(model_ref, device, precision, scale, denoise), ray=ray, on_start=start,
                                 on_tile=lambda n: progress.advance(tiles_task, n), on_outcome=finished)  # fmt: skip
         finally:
             if ray is not None:

@@ -14,6 +14,7 @@ from ..registry import DEFAULT_MODEL
 from .common import (
     FiniteFloat,
     RateColumn,
+    denoise_option,
     device_options,
     fail,
     interrupt_code,
@@ -109,7 +110,10 @@ def _rate(value: str | None) -> Fraction | None:
 )
 @device_options
 @ray_options
-@click.option("-v", "--verbose", is_flag=True, help="Print the input's size, frames, timing and streams, the model and the scale plan.")
+@denoise_option
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Print the input's size, frames, timing and streams, the model, the scale plan and --denoise."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def video(
@@ -135,6 +139,7 @@ def video(
     precision,
     ray_address,
     ray_workers,
+    denoise,
     verbose,
     quiet,
     as_json,
@@ -142,7 +147,7 @@ def video(
     """Upscale a video: exact frame count and rate, every stream kept, resumable."""
     from ..jobs import ModelSpec, Ray, upscale_one_video, video_summary
     from ..scaling import format_scale
-    from ..video import EncodeSettings, VideoError, VideoJob, check_hardware, check_output, default_crf, parts_dir
+    from ..video import DENOISE_SAMPLES, EncodeSettings, VideoError, VideoJob, check_hardware, check_output, default_crf, parts_dir
 
     started = time.perf_counter()
     encode = EncodeSettings(
@@ -161,7 +166,7 @@ def video(
         fail(_line(exc))
         raise SystemExit(1) from None
     model, pipeline, (runs_on, runs_in) = open_pipeline(model_ref, device, precision, scale=scale, tile=tile, overlap=overlap, batch=batch,
-                                    ray=bool(ray_address), progress=not (quiet or as_json))  # fmt: skip
+                                    ray=bool(ray_address), progress=not (quiet or as_json), denoise=denoise)  # fmt: skip
     plan = pipeline.plan
     job = VideoJob(src, dst, pipeline, encode, model_key=f"{model.name}:{model.source}:{runs_in}",
                    segment_seconds=segment_seconds, resume=resume, overwrite=overwrite,
@@ -188,7 +193,7 @@ def video(
             progress.update(task, completed=done, total=total)
 
         try:
-            result, cluster = upscale_one_video(job, ModelSpec(model_ref, device, precision, scale), ray=ray, on_progress=on_progress,
+            result, cluster = upscale_one_video(job, ModelSpec(model_ref, device, precision, scale, denoise), ray=ray, on_progress=on_progress,
                                                 on_info=on_info)  # fmt: skip
         except KeyboardInterrupt as exc:
             progress.stop()
@@ -207,6 +212,9 @@ def video(
             if ray is not None:
                 ray.close()
     seconds = time.perf_counter() - started
+    if verbose and not as_json and (result.denoise or pipeline.choose is not None):
+        how = f"auto, from {DENOISE_SAMPLES} frames" if pipeline.choose is not None else "as asked"
+        stderr.print(f"{src}: denoise {result.denoise:g} ({how})", highlight=False, markup=False)
     if cluster and cluster.retried and not as_json:
         stderr.print(f"retried on another worker after one died: {', '.join(cluster.retried)}", highlight=False)
     if result.missing and not as_json:
