@@ -102,7 +102,7 @@ def noise_sigma(pixels: np.ndarray) -> float:
         response = _mask_response(plane)[:h, :w]
         blocks = response.reshape(h // NOISE_BLOCK, NOISE_BLOCK, w // NOISE_BLOCK, NOISE_BLOCK).mean(axis=(1, 3))
         estimates.append(float(np.quantile(blocks, NOISE_QUANTILE)) * np.sqrt(np.pi / 2) / 6)
-    return float(np.mean(estimates)) / _QUANTILE_BIAS
+    return float(np.mean(estimates) / _QUANTILE_BIAS)
 
 
 def _quantile_bias() -> float:

@@ -33,6 +33,7 @@ def _entry_json(entry: ModelEntry) -> dict:
         "paper": entry.paper,
         "notes": entry.notes,
         "clamp_features": entry.clamp_features,
+        "robust": entry.robust,
         "weights": [
             {
                 "scale": w.scale,
@@ -102,6 +103,10 @@ def info(name: str, as_json: bool) -> None:
     for key in ("arch", "args", "licence", "paper", "notes"):
         if data[key]:
             stdout.print(f"  {key}: {data[key]}", highlight=False)
+    if data["robust"]:
+        stdout.print(
+            f"  robust partner: {data['robust']} (--denoise mixes their weights; auto, from each input, by default)", highlight=False
+        )
     if data["clamp_features"]:
         stdout.print(f"  clamp_features: yes. {CLAMP_NOTE}", highlight=False)
     for w in data["weights"]:
