@@ -82,7 +82,7 @@ Examples:
     "joined with + (e.g. blur:1.2+noise:5+jpeg:60). Identical on every run.",
 )
 @device_options
-@denoise_option
+@denoise_option(default="here: the model as it is (0)")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def quality(model_ref, data_dirs, scale, metric, crop, limit, degrade, device, precision, denoise, quiet, as_json) -> None:

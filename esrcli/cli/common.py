@@ -227,15 +227,15 @@ def _denoise(ctx: click.Context, param: click.Parameter, value: str | None) -> f
         raise click.BadParameter(str(exc)) from None
 
 
-def denoise_option(f: Callable) -> Callable:
-    """--denoise, shared by the commands that run a model with a robust partner."""
+def denoise_option(default: str = "for models with a partner: auto, measured on each input (a video: once)") -> Callable:
+    """--denoise, shared by the commands that run a model with a robust partner; `default` says what no value means."""
     return click.option(
         "--denoise",
         metavar="S|auto",
         callback=_denoise,
         help="Mix the model's weights with its robust partner's (models.toml robust): 0 = the model, 1 = the partner, for "
-        "JPEG and noisy inputs. Default for models with a partner: auto, measured on each input (a video: once).",
-    )(f)
+        f"JPEG and noisy inputs. Default {default}.",
+    )
 
 
 def tiling_options(f: Callable) -> Callable:

@@ -56,7 +56,7 @@ Examples:
 @click.option("--allow-large", is_flag=True, help="Accept images over the 100-megapixel decompression-bomb limit.")
 @device_options
 @ray_options
-@denoise_option
+@denoise_option()
 @click.option("-v", "--verbose", is_flag=True, help="Say which model, scale plan and tiling are used, and each file's --denoise strength.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")

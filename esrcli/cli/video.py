@@ -110,7 +110,7 @@ def _rate(value: str | None) -> Fraction | None:
 )
 @device_options
 @ray_options
-@denoise_option
+@denoise_option()
 @click.option(
     "-v", "--verbose", is_flag=True, help="Print the input's size, frames, timing and streams, the model, the scale plan and --denoise."
 )
