@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,22 +120,44 @@ def test_the_exported_mix_gives_the_cli_pixels(tmp_path):
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "cli.png")), esrcli.load_model("esr-tiny", denoise=0).upscale(pixels))
 
 
+def esr_run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "esrcli", *args], capture_output=True, text=True, env=env)
+
+
 def test_refusals_are_one_line(tmp_path):
     Image.fromarray(photo_lr()).save(tmp_path / "in.png")
     for args, words in (
         (["--denoise", "1.5"], "a number from 0 to 1, or auto"),
         (["--denoise", "x"], "a number from 0 to 1, or auto"),
         (["-m", "span-tiny", "--denoise", "0.5"], "robust partner"),
-        (["-s", "2", "--denoise", "0.5"], "no x2 weights"),
     ):
-        result = subprocess.run([sys.executable, "-m", "esrcli", "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "o.png"), *args],
-                                capture_output=True, text=True)  # fmt: skip
+        result = esr_run("upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "o.png"), *args)
         assert result.returncode != 0 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
     with pytest.raises(DenoiseError):
         esrcli.load_model("esr-tiny", denoise=-0.1)
-    # -s 2 under auto: the x2 pass has no partner, so it runs unmixed, and says 0
-    result = CliRunner().invoke(main, ["upscale", str(tmp_path / "in.png"), "-s", "2", "-o", str(tmp_path / "x2.png"), "--json"])
-    assert result.exit_code == 0 and json.loads(result.output)["outputs"][0]["denoise"] == 0.0, result.output
+
+
+def test_a_scale_the_partner_lacks_refuses_a_strength_and_runs_unmixed_under_auto(tmp_path):
+    """A registry whose partner has x4 weights only (as esr-tiny-real had at first)."""
+    from esrcli.registry import default_registry
+
+    def block(name: str, scales: tuple[int, ...], extra: str = "") -> str:
+        entry = default_registry().get(name)
+        text = f'[{name}]\ntitle = "{name}"\narch = "span"\nargs = {{ norm = true }}\nlicence = "MIT"\n{extra}\n'
+        for w in entry.weights:
+            if w.scale in scales:
+                text += (f'[[{name}.weights]]\nscale = {w.scale}\nfile = "{w.filename}"\nsha256 = "{w.sha256}"\nsize = {w.size}\n'
+                         f'sources = [{{ package = "weights/{w.filename}" }}]\n\n')  # fmt: skip
+        return text
+
+    registry = tmp_path / "models.toml"
+    registry.write_text(block("esr-tiny", (4, 2), 'robust = "esr-tiny-real"') + block("esr-tiny-real", (4,)))
+    env = {**os.environ, "ESR_MODELS_TOML": str(registry)}
+    Image.fromarray(photo_lr()).save(tmp_path / "in.jpg", quality=30)
+    refused = esr_run("upscale", str(tmp_path / "in.jpg"), "-s", "2", "--denoise", "0.5", "-o", str(tmp_path / "o.png"), env=env)
+    assert refused.returncode != 0 and "no x2 weights" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    auto = esr_run("upscale", str(tmp_path / "in.jpg"), "-s", "2", "-o", str(tmp_path / "x2.png"), "--json", env=env)
+    assert auto.returncode == 0 and json.loads(auto.stdout)["outputs"][0]["denoise"] == 0.0, auto.stderr
 
 
 def test_a_video_gets_one_strength_from_a_sample_of_its_frames(tmp_path):
