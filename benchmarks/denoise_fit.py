@@ -1,14 +1,14 @@
 """Fit `--denoise auto`: which strength scores best under each known degradation, and what esr measures there.
 
-Usage: python benchmarks/denoise_fit.py [--shared ../shared] [--images 32] [-m esr-tiny]
+Usage: python benchmarks/denoise_fit.py [--shared ../shared] [--images 32] [-m esr-tiny] [-s 4]
 
 On training photos only (BSD200 whole, Photos2K reduced x3 and centre-cropped to 512x512 HR), never the benchmark sets: the
 LR is made as `esr bench quality --degrade SPEC` makes it (esrcli.degrade.degrade_benchmark), for JPEG
-qualities and noise sigmas; each strength from 0 to 1 is scored (Y PSNR, 4 px border) with the model's
+qualities and noise sigmas; each strength from 0 to 1 is scored (Y PSNR, `scale` px border) with the model's
 weights mixed with its robust partner's. Printed per condition: the best strength, the PSNR of every
 strength, and the median of what esrcli.estimate measures on those LR images (JPEG quality from the
 tables of the file degrade_benchmark wrote is known exactly, so for JPEG the blockiness of the decoded
-pixels is what is printed). esrcli/denoise.py's tables are read from this output.
+pixels is what is printed). esrcli/denoise.py's STRENGTH_MAPS[scale] is read from this output.
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ def photos(shared: Path, count: int) -> list[tuple[str, np.ndarray]]:
 
 
 @torch.inference_mode()
-def score(network: torch.nn.Module, lr: np.ndarray, hr: np.ndarray) -> float:
+def score(network: torch.nn.Module, lr: np.ndarray, hr: np.ndarray, scale: int) -> float:
     x = torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255
     sr = (network(x)[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    return psnr(sr, hr, 4)
+    return psnr(sr, hr, scale)
 
 
 def main() -> None:
@@ -61,23 +61,24 @@ def main() -> None:
     parser.add_argument("--shared", default=Path(__file__).resolve().parents[2] / "shared", type=Path)
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("-m", "--model", default="esr-tiny")
+    parser.add_argument("-s", "--scale", type=int, default=4)
     args = parser.parse_args()
-    entry = default_registry().get(args.model)
-    base = load_reference(args.model, scale=4, progress=False).network.eval()
-    partner = load_reference(entry.robust, scale=4, progress=False).network.eval()
+    entry, s = default_registry().get(args.model), args.scale
+    base = load_reference(args.model, scale=s, progress=False).network.eval()
+    partner = load_reference(entry.robust, scale=s, progress=False).network.eval()
     networks = {t: mix(base, partner, t).eval() for t in STRENGTHS}
     images = photos(args.shared, args.images)
-    print(f"{args.model} + {entry.robust}, x4, {len(images)} training crops of {CROP}x{CROP}; Y PSNR per strength")
+    print(f"{args.model} + {entry.robust}, x{s}, {len(images)} training crops of {CROP}x{CROP}; Y PSNR per strength")
     print(f"{'condition':10s} {'best':>5s} {'blocky':>7s} {'sigma':>6s}  " + " ".join(f"{t:>6.1f}" for t in STRENGTHS))
     for condition in CONDITIONS:
         scores = {t: [] for t in STRENGTHS}
         blocky, sigma = [], []
         for name, hr in images:
-            lr = bicubic_downscale_uint8(hr, 4) if condition == "clean" else degrade_benchmark(hr, 4, condition, key=name)
+            lr = bicubic_downscale_uint8(hr, s) if condition == "clean" else degrade_benchmark(hr, s, condition, key=name)
             blocky.append(blockiness(lr))
             sigma.append(noise_sigma(lr))
             for t, network in networks.items():
-                scores[t].append(score(network, lr, hr))
+                scores[t].append(score(network, lr, hr, s))
         means = {t: float(np.mean(v)) for t, v in scores.items()}
         best = max(means, key=means.get)
         print(

@@ -14,7 +14,7 @@ Usage: python benchmarks/flat_colours.py [--shared ../shared] [--out docs/flat_c
 3. Prints the clamp's cost in forward time (480x270, interleaved runs, best of 8), and Set5 and Set14 Y-PSNR (x4, the papers' protocol: esrcli.bench.evaluate_set, as `esr bench
    quality`) of each, raw and mitigated. --quick skips everything but span-tiny and span-ntire24.
 
---calibrate measures, for every registry model with `clamp_features = true`, the per-channel range of each
+--calibrate measures, for every registry model with `clamp_features = true` (embedded ones included), the per-channel range of each
 SPAB block's output and of each conv in it, on the training photographs (../shared/data/train: T91 as it is
 and reduced x4, BSD200 reduced x2 and x4, Photos2K reduced x4, with MATLAB bicubic), and writes it where esr's loader reads it (about a minute a model on
 2 CPU cores; the result is deterministic: a rerun writes the same bytes).
@@ -41,7 +41,7 @@ from esrcli.bench import evaluate_set
 from esrcli.imagefile import read_rgb8
 from esrcli.imresize import bicubic_downscale_uint8, mod_crop
 from esrcli.loading import FEATURE_BOUNDS, clamp_sites, clamped_blocks, fetch_model, import_model_file, load_reference
-from esrcli.registry import default_registry
+from esrcli.registry import default_registry, embedded_source
 from esrcli.weights import load_network, write_safetensors
 
 SCALE = 4
@@ -243,7 +243,8 @@ def calibrate(shared: Path) -> None:
         if not entry.clamp_features:
             continue
         for weights in entry.weights:
-            path = files.get(weights.sha256)
+            packaged = embedded_source(weights)  # an embedded model (esr-tiny) is its own release file
+            path = packaged.file if packaged is not None else files.get(weights.sha256)
             if path is None:
                 raise SystemExit(f"{entry.name} x{weights.scale}: no file with SHA-256 {weights.sha256[:16]}… in {shared / 'weights'}")
             started = time.perf_counter()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -55,15 +56,29 @@ def mix(base: nn.Module, partner: nn.Module, strength: float) -> nn.Module:
     return mixed
 
 
-# Fitted by benchmarks/denoise_fit.py on 32 training photos (BSD200, Photos2K reduced x3; x4, esr-tiny /
-# esr-tiny-real): the strength that scored best at each JPEG quality, and at each noise sigma as
-# esrcli.estimate measures it (clean LR photos measure 0.5, small detailed ones up to 2). A decoded JPEG's
-# 8x8 grid (blockiness) stands in for its quality when the input is not a JPEG file: quality 80 reads
-# 0.15, small clean pictures up to 0.08 (and photos that were JPEGs once, as BSD200's and T91's were,
-# up to 0.5: they are JPEG inputs). Between points linear, beyond them flat; the larger strength wins.
-QUALITY_STRENGTH = ((70.0, 1.0), (80.0, 0.9), (90.0, 0.55), (95.0, 0.2), (98.0, 0.0))
-BLOCKINESS_STRENGTH = ((0.1, 0.0), (0.16, 0.9), (0.23, 1.0))
-SIGMA_STRENGTH = ((2.0, 0.0), (3.2, 0.25), (5.1, 0.75), (8.0, 0.8), (14.7, 0.8), (19.3, 0.7))
+@dataclass(frozen=True)
+class StrengthMap:
+    """The strength each measure calls for, at one scale: (measure, strength) points, linear between
+    them and flat beyond; the largest of what the JPEG quality (or blockiness) and the noise call for wins."""
+
+    quality: tuple[tuple[float, float], ...]
+    blockiness: tuple[tuple[float, float], ...]
+    sigma: tuple[tuple[float, float], ...]
+
+
+# Fitted by benchmarks/denoise_fit.py on 32 training photos (BSD200, Photos2K reduced x3; esr-tiny /
+# esr-tiny-real at each scale): the strength that scored best at each JPEG quality, and at each noise
+# sigma as esrcli.estimate measures it (clean LR photos measure 0.5, small detailed ones up to 2). A decoded
+# JPEG's 8x8 grid (blockiness) stands in for its quality when the input is not a JPEG file: quality 80
+# reads 0.15, 70 0.23, 60 0.3, small clean pictures up to 0.08 (and photos that were JPEGs once, as BSD200's and T91's were,
+# up to 0.5: they are JPEG inputs). The first pass of a plan decides (it is the one that sees the input).
+STRENGTH_MAPS: dict[int, StrengthMap] = {
+    4: StrengthMap(  # version 3 of the pair
+        quality=((40.0, 1.0), (60.0, 0.9), (70.0, 0.8), (80.0, 0.7), (90.0, 0.5), (95.0, 0.3), (98.0, 0.0)),
+        blockiness=((0.1, 0.0), (0.15, 0.7), (0.23, 0.8), (0.3, 0.9), (0.5, 1.0)),
+        sigma=((2.0, 0.0), (3.2, 0.3), (5.1, 0.7), (8.0, 0.9), (9.9, 1.0)),
+    ),
+}
 
 
 def _interpolate(points: tuple[tuple[float, float], ...], x: float) -> float:
@@ -71,14 +86,16 @@ def _interpolate(points: tuple[tuple[float, float], ...], x: float) -> float:
     return float(np.interp(x, xs, ys))
 
 
-def strength_for(measured: Degradation) -> float:
-    """The strength for a measured input, rounded to STEP: its JPEG quality (or, for pixels that are not a
-    JPEG file, their 8x8 grid) and its noise each give one; the larger wins."""
+def strength_for(measured: Degradation, scale: int = 4) -> float:
+    """The strength for a measured input at a model scale (the nearest fitted one), rounded to STEP: its
+    JPEG quality (or, for pixels that are not a JPEG file, their 8x8 grid) and its noise each give one;
+    the larger wins."""
+    fitted = STRENGTH_MAPS.get(scale) or STRENGTH_MAPS[min(STRENGTH_MAPS, key=lambda s: (abs(s - scale), -s))]
     if measured.jpeg_quality is not None:
-        from_jpeg = _interpolate(QUALITY_STRENGTH, measured.jpeg_quality)
+        from_jpeg = _interpolate(fitted.quality, measured.jpeg_quality)
     else:
-        from_jpeg = _interpolate(BLOCKINESS_STRENGTH, measured.blockiness)
-    from_noise = _interpolate(SIGMA_STRENGTH, measured.noise_sigma)
+        from_jpeg = _interpolate(fitted.blockiness, measured.blockiness)
+    from_noise = _interpolate(fitted.sigma, measured.noise_sigma)
     return snap(max(from_jpeg, from_noise))
 
 

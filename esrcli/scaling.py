@@ -157,14 +157,14 @@ class Pipeline:
         if self.choose is None:
             return self, ({"denoise": self.strength} if self.strength else None)
         measured = measure(pixels, jpeg_tables)
-        chosen = self.choose(strength_for(measured))
+        chosen = self.choose(strength_for(measured, self.plan.passes[0]))
         return chosen, {"denoise": chosen.strength, **measured.as_dict()}
 
     def for_frames(self, frames: Sequence[np.ndarray]) -> Pipeline:
         """One pipeline for a whole video: the median of its sampled frames' strengths."""
         if self.choose is None or not frames:
             return self
-        return self.choose(snap(float(np.median([strength_for(measure(f)) for f in frames]))))
+        return self.choose(snap(float(np.median([strength_for(measure(f), self.plan.passes[0]) for f in frames]))))
 
     def run(self, pixels: np.ndarray, on_tile: Callable[[int], None] | None = None) -> np.ndarray:
         """The model passes over an (H, W, C) uint8/uint16 array, then the exact-size resample.

@@ -545,3 +545,168 @@ def test_a_gpu_starved_by_its_degradations_is_warned_about():
     assert starvation_warning("realesrgan", 2, 16, 48, 4, cpu) is None  # on the CPU the data and the network share the cores
     assert starvation_warning("realesrgan", 15, 16, 48, 4, cuda) is None
     assert starvation_warning("none", 0, 16, 48, 4, cuda) is None
+
+
+# --- distill.teacher: a stronger network labels the training images once -------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> Path:
+    from esrcli.archs import build
+    from esrcli.weights import save_network
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("teacher") / "teacher-x2.safetensors"
+    save_network(build("span", channels=12, scale=2).eval(), path)
+    return path
+
+
+def test_teacher_labels_are_its_output_on_the_whole_bicubic_lr(images, teacher_file):
+    from esrcli.imresize import imresize
+    from esrcli.train.data import load_sources
+    from esrcli.train.distill import label_with_teacher, load_teacher
+
+    sources = load_sources([str(images)], 2)
+    teacher = load_teacher(str(teacher_file), 2, torch.device("cpu"))
+    labelled = label_with_teacher(sources, 2, teacher, torch.device("cpu"))
+    for before, after in zip(sources, labelled):
+        assert after.hr.shape == before.hr.shape and after.teacher.shape == after.hr.shape and after.teacher.dtype == np.uint8
+        hr = torch.from_numpy(before.hr).permute(2, 0, 1).double() / 255
+        lr = (imresize(hr, scale=0.5) * 255).round().clamp(0, 255)
+        assert torch.equal(torch.from_numpy(after.lr).permute(2, 0, 1).double(), lr)
+        with torch.no_grad():
+            sr = load_network(teacher_file)(lr[None].float() / 255).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255
+        assert np.abs(after.teacher.astype(np.float64) - sr).max() <= 0.5 + 1e-3  # rounded, nothing else
+
+
+def test_teacher_patches_are_cut_where_the_hr_patches_are(images):
+    from dataclasses import replace
+
+    from esrcli.train.data import load_sources
+
+    def blockmax(hr: np.ndarray) -> np.ndarray:  # an LR that turns and flips with its HR
+        h, w = hr.shape[0] // 2, hr.shape[1] // 2
+        return hr[: 2 * h, : 2 * w].reshape(h, 2, w, 2, 3).max(axis=(1, 3))
+
+    sources = [replace(s, lr=blockmax(s.hr), teacher=255 - s.hr) for s in load_sources([str(images)], 2)]
+    dataset = PatchDataset(sources, 2, 12, seed=4)
+    for i in range(8):
+        lr, hr, teacher = dataset[i]
+        assert lr.shape == (3, 12, 12) and hr.shape == teacher.shape == (3, 24, 24)
+        assert torch.allclose(teacher, 1 - hr, atol=1e-6)  # same place, same turn and flip
+        assert torch.equal(lr, torch.nn.functional.max_pool2d(hr[None], 2)[0])
+
+
+def test_a_teacher_alone_pulls_the_network_towards_its_output(images, tmp_path, teacher_file):
+    from esrcli.train.data import load_sources
+    from esrcli.train.distill import label_with_teacher, load_teacher
+
+    cfg = config(images, **{"distill.teacher": str(teacher_file), "loss.l1": 0.0, "run.steps": 40, "run.ckpt_every": 0, "optim.ema": 0.0})
+    trainer = Trainer(cfg, tmp_path / "run")
+    sources = label_with_teacher(
+        load_sources([str(images)], 2), 2, load_teacher(str(teacher_file), 2, torch.device("cpu")), torch.device("cpu")
+    )
+    batch = [PatchDataset(sources, 2, 12, seed=9)[i] for i in range(4)]
+    lr, teacher = torch.stack([b[0] for b in batch]), torch.stack([b[2] for b in batch])
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float((trainer.network.eval()(lr) - teacher).abs().mean())
+
+    before = gap()
+    trainer.fit()
+    records = records_of(tmp_path / "run")
+    assert all("teacher" in r and "l1" not in r for r in records if "loss" in r)
+    assert gap() < 0.7 * before
+
+
+def test_a_teacher_is_refused_where_it_cannot_label(images, tmp_path, teacher_file):
+    with pytest.raises(ConfigError, match="distill.teacher .* random degradations"):
+        config(images, **{"distill.teacher": str(teacher_file), "degradation.preset": "jpeg"}).validate()
+    with pytest.raises(ConfigError, match="lora.teacher"):
+        config(images, **{"distill.teacher": str(teacher_file), "lora.student": str(teacher_file)}).validate()
+    with pytest.raises(TrainingError, match="x2 but the run is x4"):
+        Trainer(config(images, **{"distill.teacher": str(teacher_file), "model.scale": 4}), tmp_path / "run")
+
+
+# --- model.init from a wider model of the same architecture: narrowed ------------------------------
+
+
+def padded_with_dead_channels(small, wide_channels: int, seed: int = 0):
+    """A wider SPAN computing exactly what `small` computes: its channels at scattered places in every
+    channel set, the other channels written as zeros (and read with arbitrary weights)."""
+    from esrcli.archs import build
+
+    g = torch.Generator().manual_seed(seed)
+    wide = build("span", channels=wide_channels, scale=small.scale, norm=True, form="fused").eval()
+    w_sets = wide.channel_sets()
+    places = {name: torch.randperm(wide_channels, generator=g)[: small.config["channels"]].sort().values for name in w_sets}
+    sd = {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in wide.state_dict().items()}
+    for channels in w_sets.values():  # dead rows first, then the live ones from small
+        for writer in channels.writers:
+            sd[f"{writer}.weight"][:] = 0
+            sd[f"{writer}.bias"][:] = 0
+    rows = {w: places[name] for name, s in w_sets.items() for w in s.writers}
+    cols: dict[str, list] = {}
+    for name, channels in w_sets.items():
+        for reader, offset in channels.readers:
+            cols.setdefault(reader, []).append((offset, places[name] + offset))
+    for key, value in small.state_dict().items():
+        conv = key.rsplit(".", 1)[0]
+        r = rows.get(conv, torch.arange(value.shape[0]))
+        if key.endswith("bias"):
+            sd[key][r] = value
+            continue
+        c = torch.cat([i for _, i in sorted(cols[conv], key=lambda p: p[0])]) if conv in cols else torch.arange(value.shape[1])
+        sd[key][r.view(-1, 1), c] = value
+    wide.load_state_dict(sd)
+    return wide
+
+
+def test_narrowing_finds_the_channels_that_carry_the_output():
+    from esrcli.archs import build
+    from esrcli.train.narrow import can_narrow, narrowed_weights
+
+    torch.manual_seed(3)
+    small = build("span", channels=8, scale=2, norm=True, form="fused").eval()
+    wide = padded_with_dead_channels(small, 12)
+    lr = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(wide(lr), small(lr), atol=1e-5)
+        target = build("span", channels=8, scale=2, norm=True, form="fused").eval()
+        assert can_narrow(wide, target) and not can_narrow(target, wide) and not can_narrow(small, target)
+        target.load_state_dict(narrowed_weights(wide, target, lr))
+        assert torch.allclose(target(lr), small(lr), atol=1e-5)
+        other = torch.rand(1, 3, 20, 24)  # not the patches it was judged on
+        assert torch.allclose(target(other), small(other), atol=1e-5)
+
+
+def test_init_from_a_wider_model_narrows_it_and_says_so(images, tmp_path):
+    from esrcli.archs import build
+    from esrcli.weights import save_network
+
+    torch.manual_seed(4)
+    save_network(
+        padded_with_dead_channels(build("span", channels=8, scale=2, norm=True, form="fused").eval(), 10), tmp_path / "wide.safetensors"
+    )
+    cfg = config(images, **{"model.form": "fused", "model.init": str(tmp_path / "wide.safetensors"), "run.steps": 1})
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert trainer.narrowed_init == "narrowed from 10 to 8 channels" and trainer.left_at_init == []
+
+
+def test_graphics_pictures_are_flat_saturated_and_a_function_of_the_seed(images, tmp_path):
+    from esrcli.train.graphics import graphics_images
+
+    first, again, other = graphics_images(6, seed=1), graphics_images(6, seed=1), graphics_images(6, seed=2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again)) and not all(np.array_equal(a, b) for a, b in zip(first, other))
+    for picture in first:
+        assert picture.shape == (384, 384, 3) and picture.dtype == np.uint8
+        _, counts = np.unique(picture.reshape(-1, 3), axis=0, return_counts=True)
+        assert np.sort(counts)[-8:].sum() > 0.9 * 384 * 384  # flat fields (text edges are smoothed), not texture
+        assert counts.max() > 0.2 * 384 * 384  # one large field
+    saturated = np.mean([((p == 0) | (p == 255)).any(axis=2).mean() for p in first])
+    assert saturated > 0.3
+    events = []
+    cfg = config(images, **{"data.graphics": 3, "run.steps": 1})
+    Trainer(cfg, tmp_path / "run").fit(events.append)
+    assert events[0]["images"] == 4 + 3

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 FORMS = ("fused", "train")
+
+
+@dataclass(frozen=True)
+class ChannelSet:
+    """Feature channels that are kept or dropped together when a network is narrowed: the convs that
+    write them (output rows) and those that read them (input columns, from `offset` on, where a conv
+    reads a concatenation)."""
+
+    writers: tuple[str, ...]
+    readers: tuple[tuple[str, int], ...]
 
 
 class SRNet(nn.Module):
@@ -35,6 +46,11 @@ class SRNet(nn.Module):
     def detect(cls, sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
         """Constructor arguments (with `form`) read from a state dict, or None if not this architecture."""
         raise NotImplementedError
+
+    def channel_sets(self) -> dict[str, ChannelSet] | None:
+        """How this network's feature channels hang together (see ChannelSet), for narrowing it to a
+        smaller width; None where the architecture does not say (it cannot be narrowed)."""
+        return None
 
 
 def count_indexed(sd: Mapping[str, Tensor], prefix: str, sep: str = ".") -> int:

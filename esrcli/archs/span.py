@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import SRNet, count_indexed
+from .base import ChannelSet, SRNet, count_indexed
 from .blocks import Conv3XC, EvalConv, GRep
 
 SPAN_RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -119,6 +119,28 @@ class SPAN(SRNet):
         self.conv_cat = nn.Conv2d(4 * c, cat, 1)
         self.conv_2 = rep_conv(c, c, form)
         self.upsampler = nn.Sequential(nn.Conv2d(cat, out_channels * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+
+    def channel_sets(self) -> dict[str, ChannelSet] | None:
+        """The trunk (the head's output and every block's residual stream), each block's two inner
+        widths, conv_2's output and the concat conv's output; fused form only (plain convs)."""
+        if self.form != "fused":
+            return None
+        c = self.config["channels"]
+        conv = {name: f"{name}.eval_conv" for name in ["conv_1", "conv_2"] + [f"block_{i}.c{j}_r" for i in range(1, 7) for j in (1, 2, 3)]}
+        sets = {
+            "trunk": ChannelSet(
+                (conv["conv_1"], *(conv[f"block_{i}.c3_r"] for i in range(1, 7))),
+                (*((conv[f"block_{i}.c1_r"], 0) for i in range(1, 7)), (conv["conv_2"], 0), ("conv_cat", 0), ("conv_cat", 2 * c)),
+            ),
+            "conv_2": ChannelSet((conv["conv_2"],), (("conv_cat", c),)),
+            "conv_cat": ChannelSet(("conv_cat",), (("upsampler.0", 0),)),
+        }
+        for i in range(1, 7):  # block 6's first activation also goes to the concat (SPAN's fourth input)
+            sets[f"block_{i}.c1_r"] = ChannelSet(
+                (conv[f"block_{i}.c1_r"],), ((conv[f"block_{i}.c2_r"], 0), *((("conv_cat", 3 * c),) if i == 6 else ()))
+            )
+            sets[f"block_{i}.c2_r"] = ChannelSet((conv[f"block_{i}.c2_r"],), ((conv[f"block_{i}.c3_r"], 0),))
+        return sets
 
     def forward(self, x: Tensor) -> Tensor:
         if self.norm:

@@ -136,7 +136,14 @@ def run_training(trainer: Trainer, quiet: bool) -> None:
                     )
                 if trainer.cfg.model.init and event["step"] == 0 and not quiet:
                     fresh = ", ".join(event["left_at_init"]) or "nothing"
-                    progress.console.print(f"started from {trainer.cfg.model.init}; left at initial values: {fresh}", highlight=False)
+                    narrowed = f" ({event['narrowed_init']})" if event["narrowed_init"] else ""
+                    progress.console.print(
+                        f"started from {trainer.cfg.model.init}{narrowed}; left at initial values: {fresh}", highlight=False
+                    )
+            elif kind == "labelling" and not quiet:
+                progress.console.print(
+                    f"labelling {event['images']} images with the teacher {event['teacher']} (once per run)", highlight=False
+                )
             elif kind == "interrupted":
                 progress.console.print(
                     f"interrupted: checkpoint saved at step {event['step']}; continue with esr train --resume {trainer.run_dir}",

@@ -39,6 +39,9 @@ class DataConfig:
     val: str = ""  # a set folder (HR/, optional LR_bicubic/X{s}/) or a folder of HR images
     val_limit: int = 0  # 0 = every image
     lr_patch: int = 48  # LR crop size; HR crops are lr_patch * scale
+    # Synthetic graphics pictures (384 px: flat saturated colours, text, strokes; train.graphics) added to
+    # the training images; patches are drawn by area, so 64 of them beside 82 MP of photos are a tenth.
+    graphics: int = 0
     batch: int = 16  # per process
     # DataLoader worker processes: "auto" = the cores the training process leaves free (data.resolve_workers)
     workers: int | str = "auto"
@@ -125,6 +128,17 @@ class LoraConfig:
     # SPAN-tiny 0.4 dB (measured); 0.002 keeps the term beside the L1 terms.
     affinity_weight: float = 0.002
     affinity_chunk: int = 1024  # rows of the N x N affinity built at once
+
+
+@dataclass
+class DistillConfig:
+    """`esr train` supervised by a stronger network as well as the HR: weight * L1(SR, SR_teacher).
+
+    The teacher labels every training image once, before the first step (its output on the image's
+    bicubic LR, kept as 8-bit pixels beside the HR), so a step costs what it costs without it."""
+
+    teacher: str = ""  # registry name, weight file or run folder; empty = no teacher
+    weight: float = 1.0
 
 
 @dataclass
@@ -241,6 +255,7 @@ SECTIONS = {
     "run": RunConfig,
     "recipe": RecipeConfig,
     "lora": LoraConfig,
+    "distill": DistillConfig,
 }
 
 
@@ -279,6 +294,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.val_limit": (_at_least(0), "0 or more"),
     "data.lr_patch": (lambda v: isinstance(v, int) and 4 <= v <= 1024, "an integer from 4 to 1024"),
     "data.batch": (lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
+    "data.graphics": (lambda v: isinstance(v, int) and v >= 0, "0 or more pictures"),
     "data.workers": (
         lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
         "0 or more, or auto (the cores the training process leaves free)",
@@ -317,7 +333,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 # Settings that take a number or "auto": an integer, or the word, from a file, a flag or --set.
 AUTO_OR_INT = ("data.workers",)
 NON_NEGATIVE = ("loss.l1", "loss.l2", "loss.charbonnier", "loss.gv", "loss.gv_x", "loss.gv_y", "loss.gv_l", "loss.freq", "loss.freq_alpha",
-                "loss.freq_beta", "recipe.sd_weight", "recipe.sd_margin", "lora.teacher_weight", "lora.affinity_weight")  # fmt: skip
+                "loss.freq_beta", "recipe.sd_weight", "recipe.sd_margin", "lora.teacher_weight", "lora.affinity_weight",
+                "distill.weight")  # fmt: skip
 
 
 @dataclass
@@ -329,6 +346,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
 
     @classmethod
@@ -397,6 +415,10 @@ class TrainConfig:
             raise ConfigError(f"{where}: 'model.args.channels' must be a positive integer, not {channels!r}")
         if self.degradation.enabled:
             self.degradation.resolved()
+        if self.distill.teacher and self.degradation.enabled:
+            raise ConfigError(f"{where}: distill.teacher labels the bicubic LR of each image once; it cannot follow random degradations")
+        if self.distill.teacher and self.lora.student:
+            raise ConfigError(f"{where}: a LoRA run has its own teacher (lora.teacher); leave distill.teacher empty")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -48,10 +48,12 @@ class TrainingDataError(EsrError, ValueError):
 
 @dataclass
 class Source:
-    """One training image: HR pixels and, for paired folders, its LR counterpart."""
+    """One training image: HR pixels and, for paired folders, its LR counterpart; with a teacher
+    (distill.teacher), the teacher's output on that LR, the size of the HR."""
 
     hr: np.ndarray
     lr: np.ndarray | None = None
+    teacher: np.ndarray | None = None
 
 
 def load_sources(folders: list[str], scale: int) -> list[Source]:
@@ -71,13 +73,27 @@ def load_sources(folders: list[str], scale: int) -> list[Source]:
     return sources
 
 
+def narrowing_patches(folders: list[str], scale: int, count: int = 8, size: int = 64) -> torch.Tensor:
+    """A few LR patches (count x 3 x size x size, MATLAB bicubic from the top-left corner of evenly
+    spaced training images) on which to judge which channels a narrowed network can lose."""
+    paths = [p for folder in map(Path, folders) for p in list_images(folder / "HR" if (folder / "HR").is_dir() else folder)]
+    hr = [read_rgb8(p) for p in paths]
+    size = min([size, *(min(image.shape[:2]) // scale for image in hr)]) if hr else 0
+    if size < 8:
+        raise TrainingDataError(f"no training image in {', '.join(folders)} has {8 * scale} px to narrow a network with")
+    chosen = [hr[round(i * (len(hr) - 1) / max(1, count - 1))] for i in range(min(count, len(hr)))]
+    crops = torch.stack([torch.from_numpy(im[: size * scale, : size * scale].copy()).permute(2, 0, 1) for im in chosen]).double() / 255
+    return ((imresize(crops, scale=1 / scale) * 255).round().clamp(0, 255) / 255).float()
+
+
 def largest_lr_patch(sources: list[Source], scale: int) -> int:
     """The largest LR patch the biggest image still yields (0 if none)."""
     return max((min(s.hr.shape[:2]) // scale - 2 * MARGIN for s in sources), default=0)
 
 
 class PatchDataset(Dataset):
-    """Index i -> (lr, hr) float tensors in [0, 1], drawn with an RNG seeded by (seed, rank, i).
+    """Index i -> (lr, hr) float tensors in [0, 1], drawn with an RNG seeded by (seed, rank, i);
+    (lr, hr, teacher) where the sources carry a teacher's output.
 
     Images smaller than one HR patch are left out (`left_out` counts them)."""
 
@@ -103,15 +119,18 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return 2**62
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         rng = np.random.default_rng([self.seed, self.rank, index])
         source = self.sources[rng.choice(len(self.sources), p=self.weights)]
         s, p = self.scale, self.lr_patch
         if source.lr is not None and self.degrader is None:
             lh, lw = source.lr.shape[:2]
             y, x = rng.integers(0, lh - p + 1), rng.integers(0, lw - p + 1)
-            lr = torch.from_numpy(source.lr[y : y + p, x : x + p].copy()).permute(2, 0, 1).float() / 255
-            hr = torch.from_numpy(source.hr[y * s : (y + p) * s, x * s : (x + p) * s].copy()).permute(2, 0, 1).float() / 255
+            big = [source.hr] if source.teacher is None else [source.hr, source.teacher]
+            lr, *targets = (
+                torch.from_numpy(image[y * k : (y + p) * k, x * k : (x + p) * k].copy()).permute(2, 0, 1).float() / 255
+                for image, k in [(source.lr, 1), *((b, s) for b in big)]
+            )
         else:
             big = (p + 2 * MARGIN) * s
             h, w = source.hr.shape[:2]
@@ -122,12 +141,10 @@ class PatchDataset(Dataset):
             else:
                 small = (imresize(crop, scale=1 / s) * 255).round().clamp(0, 255).float() / 255  # as stored LR files are
             lr = small[:, MARGIN:-MARGIN, MARGIN:-MARGIN].float()
-            hr = crop[:, MARGIN * s : -MARGIN * s, MARGIN * s : -MARGIN * s].float()
+            targets = [crop[:, MARGIN * s : -MARGIN * s, MARGIN * s : -MARGIN * s].float()]
         turns, flip = int(rng.integers(4)), bool(rng.integers(2))
-        lr, hr = (torch.rot90(t, turns, dims=(1, 2)) for t in (lr, hr))
-        if flip:
-            lr, hr = lr.flip(-1), hr.flip(-1)
-        return lr.contiguous(), hr.contiguous()
+        patches = [torch.rot90(t, turns, dims=(1, 2)) for t in (lr, *targets)]
+        return tuple((t.flip(-1) if flip else t).contiguous() for t in patches)
 
 
 class StepSampler(Sampler[int]):

@@ -7,14 +7,46 @@ the device: the trainer reads them back only when it logs."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..imresize import imresize
 from ..loading import load_reference
 from ..lora import affinity_loss, tapped, taps
 from .config import LoraConfig, TrainConfig, TrainingError
+from .data import Source
 from .losses import LossFn, trim
+
+
+def load_teacher(reference: str, scale: int, device: torch.device, against: str = "run") -> nn.Module:
+    """The frozen teacher of a distillation, refused in one line where its scale is not the run's."""
+    teacher = load_reference(reference, scale=scale, device=device, progress=False).network.eval().requires_grad_(False)
+    if teacher.scale != scale:
+        raise TrainingError(f"the teacher {reference} is x{teacher.scale} but the {against} is x{scale}: pick models of one scale")
+    return teacher
+
+
+@torch.inference_mode()
+def label_with_teacher(sources: list[Source], scale: int, teacher: nn.Module, device: torch.device) -> list[Source]:
+    """Each image with its bicubic LR (MATLAB's, as the stored LR files are) and the teacher's output on
+    that whole LR, 8-bit. Done once per run: the teacher then costs no time per step, and it sees each
+    patch with the context of the whole image rather than the patch's zero padding."""
+    labelled = []
+    for source in sources:
+        h, w = (n - n % scale for n in source.hr.shape[:2])
+        hr = source.hr[:h, :w]
+        lr = source.lr
+        if lr is None:
+            big = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1).to(torch.float64) / 255
+            lr = (imresize(big, scale=1 / scale) * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        x = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].to(device, torch.float32) / 255
+        sr = teacher(x).float().clamp(0, 1).mul(255).round().to(torch.uint8)[0].permute(1, 2, 0).cpu().numpy()
+        labelled.append(replace(source, hr=hr, lr=lr, teacher=sr))
+    return labelled
 
 
 class Distillation:
@@ -29,11 +61,7 @@ class Distillation:
         if not cfg.teacher:
             raise TrainingError("a LoRA run needs a teacher (--teacher or lora.teacher)")
         self.cfg, self.border = cfg, border
-        self.teacher = load_reference(cfg.teacher, device=device, progress=False).network.eval()
-        if self.teacher.scale != student.scale:
-            raise TrainingError(
-                f"the teacher {cfg.teacher} is x{self.teacher.scale} but the student is x{student.scale}: pick models of one scale"
-            )
+        self.teacher = load_teacher(cfg.teacher, student.scale, device, against="student")
         if cfg.affinity_weight:
             for network, role in ((student, "student"), (self.teacher, "teacher")):
                 if not tapped(network, cfg.taps):

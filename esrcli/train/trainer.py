@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from ..archs import SRNet, build
@@ -31,7 +32,7 @@ from ..device import native_bf16, resolve_device, warn_if_emulated_bf16
 from ..errors import EsrError, EsrWarning
 from ..runs import describe, read_checkpoint, student_depth
 from .config import CHECKPOINT, CONFIG, METRICS, TrainConfig, TrainingError
-from .data import MARGIN, PatchDataset, load_sources, make_loader, resolve_workers, starvation_warning
+from .data import MARGIN, PatchDataset, Source, load_sources, make_loader, narrowing_patches, resolve_workers, starvation_warning
 from .losses import build_loss, has_terms, trim
 
 Event = dict[str, Any]
@@ -87,20 +88,26 @@ def build_network(cfg: TrainConfig) -> SRNet:
     return build(cfg.model.arch, form=cfg.model.form, scale=cfg.model.scale, **args)
 
 
-def warm_start(network: nn.Module, ref: str) -> list[str]:
+def warm_start(network: nn.Module, ref: str, samples: Callable[[], torch.Tensor] | None = None) -> tuple[list[str], str]:
     """Copy the tensors of `ref` whose names and shapes match into `network`; return the names left
-    at their initial values. The source is the fused model, so this suits form = "fused" runs."""
-    from ..loading import load_reference
+    at their initial values, and how `ref` was narrowed ("" if it was not). A wider model of the same
+    architecture is narrowed to the network's widths first (train.narrow), judged on `samples()` (LR
+    patches). The source is the fused model, so this suits form = "fused" runs."""
+    from ..loading import load_reference, remove_clamp
+    from .narrow import can_narrow, narrowed_weights
 
-    source = load_reference(ref, progress=False).network
+    source = remove_clamp(load_reference(ref, progress=False).network)  # the clamp describes the weights as they are
     if source.arch != network.arch:
         raise TrainingError(f"model.init '{ref}' is a {source.arch} model, but this run trains {network.arch}")
-    own, theirs = network.state_dict(), source.state_dict()
+    own, theirs, narrowed = network.state_dict(), source.state_dict(), ""
+    if samples is not None and can_narrow(source, network):
+        theirs = narrowed_weights(source, network, samples())
+        narrowed = f"narrowed from {source.config.get('channels')} to {network.config.get('channels')} channels"
     fits = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
     if not any(k in fits for k, _ in network.named_parameters()):
         raise TrainingError(f"model.init '{ref}': none of its weights fit this network (same arch, width and form?)")
     network.load_state_dict(fits, strict=False)
-    return sorted(set(own) - set(fits))
+    return sorted(set(own) - set(fits)), narrowed
 
 
 class AtDepth(nn.Module):
@@ -164,8 +171,11 @@ class Trainer:
                 raise
             raise TrainingError(f"cannot build the network {cfg.model.arch} with {cfg.model.args}: {' '.join(str(exc).split())}") from None
         self.left_at_init: list[str] = []  # with model.init: the tensors the source did not fit
+        self.narrowed_init = ""  # with model.init wider than the network: how it was narrowed
         if cfg.model.init and network is None and not resume and not cfg.lora.student:
-            self.left_at_init = warm_start(self.network, cfg.model.init)
+            self.left_at_init, self.narrowed_init = warm_start(
+                self.network, cfg.model.init, lambda: narrowing_patches(cfg.data.train, cfg.model.scale)
+            )
         self.network = self.network.to(self.device)
         if cfg.lora.student:  # the data follows the student's scale
             cfg.model.arch, cfg.model.scale = self.network.arch, self.network.scale
@@ -200,7 +210,13 @@ class Trainer:
             from .distill import SelfDistillation
 
             self.loss_hook = SelfDistillation(cfg, self.loss_fn, border=cfg.loss.border)
+        self.teacher: nn.Module | None = None  # distill.teacher: labels the training images when fit starts
+        if cfg.distill.teacher:
+            from .distill import load_teacher
+
+            self.teacher = load_teacher(cfg.distill.teacher, cfg.model.scale, self.device)
         distills = bool(cfg.lora.student) and bool(cfg.lora.teacher_weight or cfg.lora.affinity_weight)
+        distills |= bool(cfg.distill.teacher and cfg.distill.weight)
         if not has_terms(cfg.loss) and not distills and loss_hook is None:
             raise TrainingError("every loss weight is zero: set one of loss.l1, l2, charbonnier, gv, freq (or a lora teacher term)")
         self.step = 0
@@ -295,13 +311,16 @@ class Trainer:
 
     # --- steps ----------------------------------------------------------------------------
 
-    def _forward_loss(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def _forward_loss(
+        self, lr: torch.Tensor, hr: torch.Tensor, teacher: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """_losses with the terms read back as numbers: for looking at one step, not for the loop."""
-        loss, parts = self._losses(lr, hr)
+        loss, parts = self._losses(lr, hr, teacher)
         return loss, {k: float(v) for k, v in parts.items()}
 
-    def _losses(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, Terms]:
+    def _losses(self, lr: torch.Tensor, hr: torch.Tensor, teacher: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
         """The step's loss on the patch without its border (loss.border): the network sees all of `lr`.
+        `teacher` is the teacher's output for the patch (distill.teacher), weighed by distill.weight.
         A loss hook (DSCLoRA's teacher, ESPAN's self-distillation) may run the forward itself and adds its terms.
         The terms stay on the device: reading them would make the host wait for the GPU every step."""
         edge = self.cfg.loss.border * self.cfg.model.scale
@@ -310,27 +329,33 @@ class Trainer:
         sr = forward(self.model, lr, self.step) if forward is not None else self.model(lr)
         sr = trim(sr.float(), edge)
         loss, parts = self.loss_fn(sr, hr)
+        if teacher is not None and self.cfg.distill.weight:
+            parts["teacher"] = self.cfg.distill.weight * F.l1_loss(sr, trim(teacher, edge))
+            loss = loss + parts["teacher"]
         if self.loss_hook is not None:
             extra_loss, extra_parts = self.loss_hook(lr, sr, hr)
             loss, parts = loss + extra_loss, {**parts, **extra_parts}
         return loss, parts
 
-    def train_step(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[float, dict[str, float]]:
+    def train_step(self, lr: torch.Tensor, hr: torch.Tensor, teacher: torch.Tensor | None = None) -> tuple[float, dict[str, float]]:
         """One step with its loss and terms read back at once (and a non-finite loss refused before it
         changes the weights): for tests and callers stepping by hand. fit reads them only when it logs."""
-        loss, parts = self._step(lr, hr, check=True)
+        loss, parts = self._step(lr, hr, teacher, check=True)
         values, terms = self._read([loss], parts)
         return values[0], terms
 
-    def _step(self, lr: torch.Tensor, hr: torch.Tensor, *, check: bool = False) -> tuple[torch.Tensor, Terms]:
+    def _step(
+        self, lr: torch.Tensor, hr: torch.Tensor, teacher: torch.Tensor | None = None, *, check: bool = False
+    ) -> tuple[torch.Tensor, Terms]:
         """One optimisation step that never waits for the device (unless `check`): the loss comes back
         detached, still on the device. A non-finite loss is found when fit reads the losses back."""
         fmt = torch.channels_last if self.cfg.run.channels_last and self.device.type != "mps" else torch.contiguous_format
         lr = lr.to(self.device, non_blocking=True).contiguous(memory_format=fmt)  # asynchronous from pinned memory (CUDA)
         hr = hr.to(self.device, non_blocking=True)
+        teacher = teacher.to(self.device, non_blocking=True) if teacher is not None else None
         self.model.train()
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            loss, parts = self._losses(lr, hr)
+            loss, parts = self._losses(lr, hr, teacher)
         if check and not torch.isfinite(loss):
             raise diverged(self.step + 1, float(loss.detach()))
         self.optimizer.zero_grad(set_to_none=True)
@@ -414,6 +439,16 @@ class Trainer:
             emit({"kind": "done", "step": self.step})
             return
         sources = load_sources(cfg.data.train, cfg.model.scale)
+        if cfg.data.graphics:
+            from .graphics import graphics_images
+
+            sources += [Source(image) for image in graphics_images(cfg.data.graphics, seed=cfg.run.seed)]
+        if self.teacher is not None:
+            from .distill import label_with_teacher
+
+            emit({"kind": "labelling", "step": self.step, "images": len(sources), "teacher": cfg.distill.teacher})
+            sources = label_with_teacher(sources, cfg.model.scale, self.teacher, self.device)
+            self.teacher = None  # its work is done: free its memory for the run
         degrader = Degrader(cfg.degradation, cfg.model.scale) if cfg.degradation.enabled else None
         dataset = PatchDataset(sources, cfg.model.scale, cfg.data.lr_patch, cfg.run.seed, self.rank, degrader)
         loader = make_loader(dataset, self.step, cfg.run.steps, cfg.data.batch, self.workers, pin_memory=self.device.type == "cuda")
@@ -432,14 +467,15 @@ class Trainer:
                 if self.amp is None
                 else str(self.amp).removeprefix("torch.").replace("bfloat16", "bf16").replace("float16", "fp16"),
                 "left_at_init": self.left_at_init,
+                "narrowed_init": self.narrowed_init,
             }
         )
         # The losses of the steps since the last log stay on the device until the next: reading them is a
         # wait for the GPU, so it happens once per run.log_every steps (and before validating or saving).
         window_start, window, parts = time.perf_counter(), [], {}
         try:
-            for lr, hr in loader:
-                loss, parts = self._step(lr, hr)
+            for lr, hr, *teacher in loader:
+                loss, parts = self._step(lr, hr, *teacher)
                 window.append(loss)
                 if self.step % cfg.run.log_every == 0 or self.step == cfg.run.steps:
                     losses, terms = self._read(window, parts)
