@@ -73,17 +73,21 @@ def load_sources(folders: list[str], scale: int) -> list[Source]:
     return sources
 
 
+def bicubic_lr(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """MATLAB-bicubic LR of float64 HR in [0, 1] (..., H, W), rounded to 8-bit levels as stored LR files are."""
+    return (imresize(hr, scale=1 / scale) * 255).round().clamp(0, 255) / 255
+
+
 def narrowing_patches(folders: list[str], scale: int, count: int = 8, size: int = 64) -> torch.Tensor:
     """A few LR patches (count x 3 x size x size, MATLAB bicubic from the top-left corner of evenly
     spaced training images) on which to judge which channels a narrowed network can lose."""
     paths = [p for folder in map(Path, folders) for p in list_images(folder / "HR" if (folder / "HR").is_dir() else folder)]
-    hr = [read_rgb8(p) for p in paths]
-    size = min([size, *(min(image.shape[:2]) // scale for image in hr)]) if hr else 0
+    chosen = [read_rgb8(paths[round(i * (len(paths) - 1) / max(1, count - 1))]) for i in range(min(count, len(paths)))]
+    size = min([size, *(min(image.shape[:2]) // scale for image in chosen)]) if chosen else 0
     if size < 8:
         raise TrainingDataError(f"no training image in {', '.join(folders)} has {8 * scale} px to narrow a network with")
-    chosen = [hr[round(i * (len(hr) - 1) / max(1, count - 1))] for i in range(min(count, len(hr)))]
     crops = torch.stack([torch.from_numpy(im[: size * scale, : size * scale].copy()).permute(2, 0, 1) for im in chosen]).double() / 255
-    return ((imresize(crops, scale=1 / scale) * 255).round().clamp(0, 255) / 255).float()
+    return bicubic_lr(crops, scale).float()
 
 
 def largest_lr_patch(sources: list[Source], scale: int) -> int:
@@ -139,7 +143,7 @@ class PatchDataset(Dataset):
             if self.degrader is not None:
                 small = self.degrader(crop.float(), rng)  # already 8-bit values
             else:
-                small = (imresize(crop, scale=1 / s) * 255).round().clamp(0, 255).float() / 255  # as stored LR files are
+                small = bicubic_lr(crop, s)
             lr = small[:, MARGIN:-MARGIN, MARGIN:-MARGIN].float()
             targets = [crop[:, MARGIN * s : -MARGIN * s, MARGIN * s : -MARGIN * s].float()]
         turns, flip = int(rng.integers(4)), bool(rng.integers(2))

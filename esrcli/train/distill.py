@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..imresize import imresize
+from ..imresize import mod_crop
 from ..loading import load_reference
 from ..lora import affinity_loss, tapped, taps
 from .config import LoraConfig, TrainConfig, TrainingError
-from .data import Source
+from .data import Source, bicubic_lr
 from .losses import LossFn, trim
 
 
@@ -37,12 +37,11 @@ def label_with_teacher(sources: list[Source], scale: int, teacher: nn.Module, de
     patch with the context of the whole image rather than the patch's zero padding."""
     labelled = []
     for source in sources:
-        h, w = (n - n % scale for n in source.hr.shape[:2])
-        hr = source.hr[:h, :w]
+        hr = mod_crop(source.hr, scale)
         lr = source.lr
         if lr is None:
             big = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1).to(torch.float64) / 255
-            lr = (imresize(big, scale=1 / scale) * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+            lr = (bicubic_lr(big, scale) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         x = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].to(device, torch.float32) / 255
         sr = teacher(x).float().clamp(0, 1).mul(255).round().to(torch.uint8)[0].permute(1, 2, 0).cpu().numpy()
         labelled.append(replace(source, hr=hr, lr=lr, teacher=sr))
