@@ -6,10 +6,12 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -314,6 +316,26 @@ def test_interrupt_saves_a_checkpoint_and_resume_finishes(images, tmp_path, sign
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == stopped + 2
 
 
+def run_process_group(cmd: list[str], env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+    """Run `cmd` in its own process group and kill the whole group after it, so no rank outlives the test."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+    return proc.returncode, err
+
+
+def crash_lines(stderr: str) -> str:
+    """The lines of a crashed child's stderr that say why (C++ terminate messages, Python errors)."""
+    keys = ("terminate called", "what():", "Error", "error", "Aborted", "enforce")
+    return "\n".join(line for line in stderr.splitlines() if any(k in line for k in keys))[:3000]
+
+
 def test_two_process_ddp_on_cpu_keeps_ranks_identical(images, tmp_path):
     run = tmp_path / "ddp"
     cmd = [
@@ -351,8 +373,14 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(images, tmp_path):
         "run.log_every=1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, err = run_process_group(cmd, env)
+    if code != 0 and "SIGABRT" in err:
+        # Seen once in CI (1 run in many): a rank aborted inside gloo's TCP transport, the message lost with the
+        # output's head. Rerun once, keeping the first crash visible; a second abort fails the test.
+        warnings.warn(f"torchrun: a rank aborted, rerunning once: {crash_lines(err)}", stacklevel=1)
+        shutil.rmtree(run, ignore_errors=True)
+        code, err = run_process_group(cmd, env)
+    assert code == 0, f"{crash_lines(err)}\n...\n{err[-1500:]}"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     sync = [r for r in records if "ranks_in_sync" in r]
     assert sync and sync[-1]["ranks_in_sync"] is True and len(set(sync[-1]["rank_digests"])) == 1 and len(sync[-1]["rank_digests"]) == 2
