@@ -73,10 +73,18 @@ class StrengthMap:
 # reads 0.15, 70 0.23, 60 0.3, small clean pictures up to 0.08 (and photos that were JPEGs once, as BSD200's and T91's were,
 # up to 0.5: they are JPEG inputs). The first pass of a plan decides (it is the one that sees the input).
 STRENGTH_MAPS: dict[int, StrengthMap] = {
-    4: StrengthMap(  # version 3 of the pair
-        quality=((40.0, 1.0), (60.0, 0.9), (70.0, 0.8), (80.0, 0.7), (90.0, 0.5), (95.0, 0.3), (98.0, 0.0)),
-        blockiness=((0.1, 0.0), (0.15, 0.7), (0.23, 0.8), (0.3, 0.9), (0.5, 1.0)),
-        sigma=((2.0, 0.0), (3.2, 0.3), (5.1, 0.7), (8.0, 0.9), (9.9, 1.0)),
+    4: StrengthMap(  # esr-tiny version 3, esr-tiny-real version 4
+        quality=((60.0, 1.0), (70.0, 0.9), (80.0, 0.8), (90.0, 0.5), (95.0, 0.3), (98.0, 0.0)),
+        blockiness=((0.1, 0.0), (0.15, 0.8), (0.23, 0.9), (0.3, 1.0)),
+        sigma=((2.0, 0.0), (3.2, 0.3), (5.1, 0.8), (8.0, 0.9), (9.9, 1.0)),
+    ),
+    # At x2 the partner wins sooner: from JPEG quality 80 (blockiness 0.18) and noise sigma 5 it is best
+    # outright; quality 90 (0.06) and sigma 2 want (nearly) none. The blockiness ramp starts where small
+    # clean pictures stop (0.08), as at x4.
+    2: StrengthMap(  # version 3 of the pair
+        quality=((80.0, 1.0), (90.0, 0.1), (95.0, 0.0)),
+        blockiness=((0.08, 0.0), (0.18, 1.0)),
+        sigma=((2.0, 0.0), (3.0, 0.2), (5.0, 0.9), (6.0, 1.0)),
     ),
 }
 
