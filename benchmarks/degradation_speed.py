@@ -48,9 +48,31 @@ def train_steps_per_second(shared: Path, preset: str, steps: int, work: Path) ->
     run = work / preset
     weights = Path(__file__).resolve().parents[1] / "esrcli" / "weights" / "esr-tiny-x4.safetensors"
     config = Path(__file__).resolve().parents[1] / "esrcli" / "weights" / "esr-tiny-x4.toml"
-    cmd = [sys.executable, "-m", "esrcli", "train", "--config", str(config), "--init", str(weights), "--out", str(run), "--quiet",
-           "--data", str(shared / "data/train/BSD200"), "--data", str(shared / "data/train/Photos2K"), "--steps", str(steps),
-           "--degradation", preset, "--set", "run.val_every=0", "--set", "run.log_every=50"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "esrcli",
+        "train",
+        "--config",
+        str(config),
+        "--init",
+        str(weights),
+        "--out",
+        str(run),
+        "--quiet",
+        "--data",
+        str(shared / "data/train/BSD200"),
+        "--data",
+        str(shared / "data/train/Photos2K"),
+        "--steps",
+        str(steps),
+        "--degradation",
+        preset,
+        "--set",
+        "run.val_every=0",
+        "--set",
+        "run.log_every=50",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     rates = [json.loads(line)["it_s"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"it_s"' in line]
     return sum(rates[1:]) / len(rates[1:])  # the first window holds start-up

@@ -47,8 +47,26 @@ ESR = [sys.executable, "-m", "esrcli"]
 def clip(folder: Path, width: int, height: int, frames: int) -> Path:
     path = folder / f"clip_{width}x{height}_{frames}.mp4"
     if not path.exists():
-        subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=s={width}x{height}:r=25", "-frames:v", str(frames),
-                        "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                FFMPEG,
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=s={width}x{height}:r=25",
+                "-frames:v",
+                str(frames),
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                str(path),
+            ],
+            check=True,
+        )
     return path
 
 
@@ -89,21 +107,59 @@ def video_case(folder: Path, model: str, width: int, height: int, frames: int, r
     out = folder / "out.mp4"
     network = esrcli.load_model(model, device="cpu").network
     forward, _ = forward_seconds(network, decoded(src, width, height))
-    ffmpeg = wall([FFMPEG, "-v", "error", "-y", "-i", str(src), "-vf", f"scale={width * 4}:{height * 4}:flags=bicubic", "-c:v", "libx264",
-                   "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(folder / "ffmpeg.mp4")])  # fmt: skip
+    ffmpeg = wall(
+        [
+            FFMPEG,
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(src),
+            "-vf",
+            f"scale={width * 4}:{height * 4}:flags=bicubic",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            str(folder / "ffmpeg.mp4"),
+        ]
+    )
     esr = wall([*ESR, "video", str(src), str(out), "-m", model, "--device", "cpu", "--preset", "ultrafast", "--overwrite", "--quiet"])
     # What every run pays once (importing torch, probing, the encoder's test frame, muxing, the result's check): a
     # one-frame run of the same size, its frame's ffmpeg and forward share taken out, so that the rest is per frame.
-    one = wall([*ESR, "video", str(clip(folder, width, height, 1)), str(out), "-m", model, "--device", "cpu", "--preset", "ultrafast",
-                "--overwrite", "--quiet"])  # fmt: skip
+    one = wall(
+        [
+            *ESR,
+            "video",
+            str(clip(folder, width, height, 1)),
+            str(out),
+            "-m",
+            model,
+            "--device",
+            "cpu",
+            "--preset",
+            "ultrafast",
+            "--overwrite",
+            "--quiet",
+        ]
+    )
     fixed = max(0.0, one - (ffmpeg + forward) / frames)
     name = f"{Path(model).stem} {width}x{height} x{frames}"
-    report[name] = {"ffmpeg_s": ffmpeg, "forward_s": forward, "esr_video_s": esr, "fixed_s": fixed,
-                    "esr_over_ffmpeg_plus_forward": esr / (ffmpeg + forward),
-                    "per_frame_over_ffmpeg_plus_forward": (esr - fixed) / (ffmpeg + forward)}  # fmt: skip
-    print(f"{name}: ffmpeg alone {ffmpeg:.2f} s, forward alone {forward:.2f} s, esr video {esr:.2f} s: "
-          f"{esr / (ffmpeg + forward):.2f}x of ffmpeg + forward; once per run {fixed:.2f} s, the rest "
-          f"{(esr - fixed) / (ffmpeg + forward):.2f}x")  # fmt: skip
+    report[name] = {
+        "ffmpeg_s": ffmpeg,
+        "forward_s": forward,
+        "esr_video_s": esr,
+        "fixed_s": fixed,
+        "esr_over_ffmpeg_plus_forward": esr / (ffmpeg + forward),
+        "per_frame_over_ffmpeg_plus_forward": (esr - fixed) / (ffmpeg + forward),
+    }
+    print(
+        f"{name}: ffmpeg alone {ffmpeg:.2f} s, forward alone {forward:.2f} s, esr video {esr:.2f} s: "
+        f"{esr / (ffmpeg + forward):.2f}x of ffmpeg + forward; once per run {fixed:.2f} s, the rest "
+        f"{(esr - fixed) / (ffmpeg + forward):.2f}x"
+    )
 
 
 class TakenOut(torch.nn.Module):
@@ -136,8 +192,14 @@ def host_core_ms(folder: Path, model: str, report: dict) -> None:
             upscaler.network = TakenOut(upscaler.scale)
         spent = {}
         for frames in (1, 9):
-            job = VideoJob(clip(folder, width, height, frames), folder / "core.mp4", pipeline, EncodeSettings(preset="ultrafast"),
-                           model_key="bench", overwrite=True)  # fmt: skip
+            job = VideoJob(
+                clip(folder, width, height, frames),
+                folder / "core.mp4",
+                pipeline,
+                EncodeSettings(preset="ultrafast"),
+                model_key="bench",
+                overwrite=True,
+            )
             cpu, children = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
             upscale_video(job)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -187,10 +249,17 @@ def batch_case(folder: Path, model: str, report: dict) -> None:
         [*ESR, "upscale", str(src / "s00.png"), "-o", str(folder / "one_out"), "-m", model, "--device", "cpu", "--overwrite", "--quiet"]
     )
     fixed = max(0.0, one - forward / len(images))  # what a run pays once: the rest is throughput
-    report[f"{Path(model).stem} 12 x 256x256 upscale"] = {"forward_s": forward, "esr_upscale_s": esr, "ratio": esr / forward,
-                                                         "fixed_s": fixed, "per_file_ratio": (esr - fixed) / forward}  # fmt: skip
-    print(f"{Path(model).stem}: 12 PNGs of 256x256, forward alone {forward:.2f} s, esr upscale {esr:.2f} s: {esr / forward:.2f}x; "
-          f"once per run {fixed:.2f} s, the rest {(esr - fixed) / forward:.2f}x")  # fmt: skip
+    report[f"{Path(model).stem} 12 x 256x256 upscale"] = {
+        "forward_s": forward,
+        "esr_upscale_s": esr,
+        "ratio": esr / forward,
+        "fixed_s": fixed,
+        "per_file_ratio": (esr - fixed) / forward,
+    }
+    print(
+        f"{Path(model).stem}: 12 PNGs of 256x256, forward alone {forward:.2f} s, esr upscale {esr:.2f} s: {esr / forward:.2f}x; "
+        f"once per run {fixed:.2f} s, the rest {(esr - fixed) / forward:.2f}x"
+    )
 
 
 def main() -> None:

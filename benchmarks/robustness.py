@@ -51,7 +51,7 @@ def main() -> None:
                         network, scale, args.shared / "data" / "benchmark" / s, with_ssim=False, degrade=degrade, network_for=network_for
                     ).psnr,
                     2,
-                )  # fmt: skip
+                )
                 for s in sets
             }
             print(f"{condition:26} {column:14} " + " / ".join(f"{v:.2f}" for v in scores[condition][column].values()), flush=True)

@@ -66,8 +66,10 @@ def main() -> None:
     for name, seconds in rows.items():
         print(f"  {name:<38} {seconds:7.3f} s")
     print(f"esr --help / python -c pass: {rows['esr --help'] / base:.2f}x")
-    print(f"esr upscale 256x256 / model forward: {upscale / forward:.2f}x (start-up and I/O: {upscale - forward:.2f} s, "
-          f"of which import torch {rows['import torch']:.2f} s)")  # fmt: skip
+    print(
+        f"esr upscale 256x256 / model forward: {upscale / forward:.2f}x (start-up and I/O: {upscale - forward:.2f} s, "
+        f"of which import torch {rows['import torch']:.2f} s)"
+    )
 
 
 if __name__ == "__main__":

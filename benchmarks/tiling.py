@@ -58,8 +58,10 @@ def main() -> None:
                     p_whole.append(psnr(whole, hr, scale))
                     p_tiled.append(psnr(tiled, hr, scale))
                 change = np.mean(p_tiled) - np.mean(p_whole)
-                print(f"{ref:<12} {folder.name:<8} {tile:>5} {len(pairs):>6} {worst:>8} {over / total:>9.2e} "
-                      f"{np.mean(p_whole):>10.4f} {np.mean(p_tiled):>10.4f} {change:>+10.4f}")  # fmt: skip
+                print(
+                    f"{ref:<12} {folder.name:<8} {tile:>5} {len(pairs):>6} {worst:>8} {over / total:>9.2e} "
+                    f"{np.mean(p_whole):>10.4f} {np.mean(p_tiled):>10.4f} {change:>+10.4f}"
+                )
 
 
 if __name__ == "__main__":

@@ -59,10 +59,41 @@ def wait_for_idle(limit: float) -> None:
 def steps_per_second(tree: Path | None, data: Path, workers: int, args: argparse.Namespace, work: Path) -> tuple[float, float]:
     """(steps/s, cores other processes used meanwhile)."""
     run = work / f"run-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "esrcli", "train", "--arch", "span", "--channels", "24", "--scale", "4", "--batch", "16",
-           "--lr-patch", "48", "--data", str(data), "--steps", str(args.steps), "--device", args.device, "--out", str(run),
-           "--workers", str(workers), "--degradation", args.degradation, "--quiet", "--set", f"run.log_every={args.log_every}",
-           "--set", "run.val_every=0", "--set", "run.ckpt_every=0"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "esrcli",
+        "train",
+        "--arch",
+        "span",
+        "--channels",
+        "24",
+        "--scale",
+        "4",
+        "--batch",
+        "16",
+        "--lr-patch",
+        "48",
+        "--data",
+        str(data),
+        "--steps",
+        str(args.steps),
+        "--device",
+        args.device,
+        "--out",
+        str(run),
+        "--workers",
+        str(workers),
+        "--degradation",
+        args.degradation,
+        "--quiet",
+        "--set",
+        f"run.log_every={args.log_every}",
+        "--set",
+        "run.val_every=0",
+        "--set",
+        "run.ckpt_every=0",
+    ]
     env = {**os.environ, **({"PYTHONPATH": str(tree)} if tree else {})}
     wait_for_idle(args.wait)
     start, busy, ours = time.monotonic(), busy_cores_seconds(), os.times()

@@ -33,8 +33,33 @@ def main() -> None:
     w, h = (int(v) for v in args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="esr-video-bench-"))
     clip = work / "in.mp4"
-    subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=s={w}x{h}:r=24000/1001", "-f", "lavfi", "-i", "sine=r=48000",
-                    "-t", str(args.seconds), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(clip)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            FFMPEG,
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=s={w}x{h}:r=24000/1001",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=r=48000",
+            "-t",
+            str(args.seconds),
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(clip),
+        ],
+        check=True,
+    )
     loaded = load_reference(args.model, device="cpu", dtype=torch.float32, progress=False)
     upscaler = Upscaler(loaded.network, loaded.scale, auto_plan(loaded.network, loaded.scale, torch.device("cpu"), torch.float32))
     raw = subprocess.run(

@@ -146,8 +146,10 @@ class Model:
             return self._pipelines[key]
         lacking = [s for s in plan_scale(self.native, target).scales if s not in self.partner_scales()]
         if strength and lacking:
-            raise DenoiseError(f"{self.ref}: its robust partner {self.partner} has no x{lacking[0]} weights to mix with; "
-                               f"--denoise works at " + ", ".join(f"x{s}" for s in self.partner_scales()))  # fmt: skip
+            raise DenoiseError(
+                f"{self.ref}: its robust partner {self.partner} has no x{lacking[0]} weights to mix with; "
+                f"--denoise works at " + ", ".join(f"x{s}" for s in self.partner_scales())
+            )
         return self._mixed(target, float(strength), **settings)
 
     def _mixed(

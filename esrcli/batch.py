@@ -46,8 +46,7 @@ def upscale_picture(
     pipeline, denoise = pipeline.for_input(picture.pixels, picture.jpeg_tables)
     pixels = pipeline.run(picture.pixels, on_tile)
     alpha = None if picture.alpha is None else upscale_alpha(picture.alpha, pipeline, alpha_mode, on_tile)
-    return Picture(pixels=pixels, alpha=alpha, icc_profile=picture.icc_profile, exif=picture.exif, format=picture.format,
-                   denoise=denoise)  # fmt: skip
+    return Picture(pixels=pixels, alpha=alpha, icc_profile=picture.icc_profile, exif=picture.exif, format=picture.format, denoise=denoise)
 
 
 def upscale_alpha(alpha: np.ndarray, pipeline: Pipeline, mode: str = "model", on_tile: Callable[[int], None] | None = None) -> np.ndarray:
@@ -185,8 +184,14 @@ def plan_batch(inputs: Iterable[str], *, out: Path | None, recursive: bool, suff
     for f, root in files:
         target = output_path(f, root, out=out, out_is_file=out_is_file, suffix=suffix, fmt=fmt)
         if out is not None and not out_is_file and not inside(target, out):  # a glob with ".." mirrored under -o
-            batch.failures.append(Outcome(f, target, "failed", f"{f}: its mirrored output {target} would be outside {out}; "
-                                          "name the input without '..' or drop --recursive"))  # fmt: skip
+            batch.failures.append(
+                Outcome(
+                    f,
+                    target,
+                    "failed",
+                    f"{f}: its mirrored output {target} would be outside {out}; name the input without '..' or drop --recursive",
+                )
+            )
             continue
         if target.resolve() in sources:
             batch.failures.append(
@@ -195,8 +200,15 @@ def plan_batch(inputs: Iterable[str], *, out: Path | None, recursive: bool, suff
             continue
         out_format = fmt if fmt != "same" else format_for_suffix(target.suffix)
         if out_format is None:  # only an -o FILE can name a suffix esr does not write
-            batch.failures.append(Outcome(f, target, "failed", f"{target}: esr does not write {target.suffix or 'files without a suffix'}; "
-                                          f"use one of {', '.join(FORMATS.values())} or pass --format"))  # fmt: skip
+            batch.failures.append(
+                Outcome(
+                    f,
+                    target,
+                    "failed",
+                    f"{target}: esr does not write {target.suffix or 'files without a suffix'}; "
+                    f"use one of {', '.join(FORMATS.values())} or pass --format",
+                )
+            )
             continue
         writers.setdefault(target.resolve(), []).append(f)
         batch.tasks.append(Task(f, target, out_format))

@@ -178,8 +178,19 @@ class Degrader:
         self.values = self.config.resolved()
         for name in ("kernels", "resize_modes", "final_modes"):
             if self.values.get(name):
-                unknown = set(self.values[name]) - {"iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso",
-                                                    "plateau_aniso", "sinc", "area", "bilinear", "bicubic", "matlab"}  # fmt: skip
+                unknown = set(self.values[name]) - {
+                    "iso",
+                    "aniso",
+                    "generalized_iso",
+                    "generalized_aniso",
+                    "plateau_iso",
+                    "plateau_aniso",
+                    "sinc",
+                    "area",
+                    "bilinear",
+                    "bicubic",
+                    "matlab",
+                }
                 if unknown:
                     raise DegradationError(f"degradation.{name}: unknown {', '.join(sorted(unknown))}")
 

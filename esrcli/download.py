@@ -119,8 +119,11 @@ def _verified(path: Path, sha: str, size: int | None = None) -> bool:
 
 def _mismatch(name: str, where: str, path: Path, source: Source) -> ChecksumMismatch:
     got_size = path.stat().st_size
-    problem = f"expected {source.size} bytes, got {got_size}" if source.size not in (None, got_size) else (
-        f"expected sha256 {source.sha256}, got {sha256_file(path)}")  # fmt: skip
+    problem = (
+        f"expected {source.size} bytes, got {got_size}"
+        if source.size not in (None, got_size)
+        else (f"expected sha256 {source.sha256}, got {sha256_file(path)}")
+    )
     path.unlink(missing_ok=True)
     reason = f"{where}: checksum mismatch ({problem}); the downloaded file was deleted"
     return ChecksumMismatch(f"model '{name}': {reason}", reason=reason)
@@ -292,8 +295,10 @@ def _offline_error(name: str, source: Source) -> OfflineError:
     where = f"{source.url} ({source.uri})" if isinstance(source, HubSource) else str(source)
     reason = f"not cached and esr is offline ({var}={os.environ.get(var, '1')})"
     cache = f" (or cache it with: esr models fetch {name} --file FILE)" if not name.startswith("hf://") else ""
-    return OfflineError(f"model '{name}' is {reason}: download {where} and pass it with -m /path/to/file{cache}, "
-                        "or unset ESR_OFFLINE/HF_HUB_OFFLINE", reason=f"{source}: {reason}")  # fmt: skip
+    return OfflineError(
+        f"model '{name}' is {reason}: download {where} and pass it with -m /path/to/file{cache}, or unset ESR_OFFLINE/HF_HUB_OFFLINE",
+        reason=f"{source}: {reason}",
+    )
 
 
 def _fetch_package(src: PackageSource, *, name: str) -> Path:

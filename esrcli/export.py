@@ -181,8 +181,15 @@ def _denoised_source(ref: str, *, scale: int | None, denoise: float, progress: b
         )
     other = load_reference(partner, scale=source.network.scale, progress=progress, registry=registry).network
     metadata = {**source.metadata, "esr.denoise": f"{denoise:g}", "esr.robust": partner}
-    return ExportSource(f"{source.name}-denoise{denoise:g}", mix(source.network, other, denoise).eval(), metadata, source.inputs,
-                        licence=source.licence, paper=source.paper, title=source.title)  # fmt: skip
+    return ExportSource(
+        f"{source.name}-denoise{denoise:g}",
+        mix(source.network, other, denoise).eval(),
+        metadata,
+        source.inputs,
+        licence=source.licence,
+        paper=source.paper,
+        title=source.title,
+    )
 
 
 def _clamped_release(network: SRNet, registry: Registry) -> dict[str, str]:

@@ -342,9 +342,22 @@ def _ffmpeg_decode(name: str, size: tuple[int, int], pix_fmt: str, channels: int
 
     width, height = size
     # "file:" keeps names with a colon from being taken as a protocol; orientation is applied by us.
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-nostdin", "-noautorotate",
-           "-i", "file:" + os.path.abspath(name), "-frames:v", "1",
-           "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"]  # fmt: skip
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-v",
+        "error",
+        "-nostdin",
+        "-noautorotate",
+        "-i",
+        "file:" + os.path.abspath(name),
+        "-frames:v",
+        "1",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        pix_fmt,
+        "-",
+    ]
     proc = subprocess.run(cmd, capture_output=True, check=False)
     expected = width * height * channels * 2
     if proc.returncode != 0 or len(proc.stdout) != expected:

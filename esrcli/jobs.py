@@ -87,7 +87,7 @@ class FilesRun:
             "outputs": [
                 {"input": str(o.source), "output": str(o.output), "seconds": round(o.seconds, 3), **(o.denoise or {})}
                 for o in self.of("done")
-            ],  # fmt: skip
+            ],
             "skipped": [{"input": str(o.source), "output": str(o.output)} for o in self.of("skipped")],
             "failures": [{"input": str(o.source), "error": o.error} for o in self.of("failed")],
             "retries": pipeline.retries,

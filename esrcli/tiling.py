@@ -368,8 +368,18 @@ class Upscaler:
         def write(r0: int, r1: int, rows: torch.Tensor) -> None:
             out[r0:r1] = rows
 
-        blend_tiles(lambda y0, y1, x0, x1: hwc[y0:y1, x0:x1], write, self.infer, height=h, width=w, channels=c, scale=self.scale,
-                    plan=plan, device=image.device, context=self.context)  # fmt: skip
+        blend_tiles(
+            lambda y0, y1, x0, x1: hwc[y0:y1, x0:x1],
+            write,
+            self.infer,
+            height=h,
+            width=w,
+            channels=c,
+            scale=self.scale,
+            plan=plan,
+            device=image.device,
+            context=self.context,
+        )
         return out.permute(2, 0, 1)
 
     # --- integers in, integers out -------------------------------------------------------
@@ -441,8 +451,19 @@ class Upscaler:
         def write(r0: int, r1: int, rows: torch.Tensor) -> None:
             out[r0:r1] = self._download(self._quantise(rows, out.dtype))
 
-        blend_tiles(read, write, self.infer, height=h, width=w, channels=c, scale=self.scale, plan=self.plan, device=self.device,
-                    context=self.context, on_tile=on_tile)  # fmt: skip
+        blend_tiles(
+            read,
+            write,
+            self.infer,
+            height=h,
+            width=w,
+            channels=c,
+            scale=self.scale,
+            plan=self.plan,
+            device=self.device,
+            context=self.context,
+            on_tile=on_tile,
+        )
         return out
 
     def _place_tiles(self, lr: torch.Tensor, in_max: float, out: np.ndarray, on_tile: Callable[[int], None] | None) -> np.ndarray:

@@ -283,8 +283,27 @@ def _decoded_times(path: Path, info: VideoInfo, hwaccel: str = "none") -> VideoI
     """The frames a truncated input really yields, by decoding it as `encode_span` will (with its hwaccel: a
     hardware decoder may give up on other damaged frames): what a cut left undecodable (a frame whose
     references were lost) is not expected. Keyframes keep their times."""
-    out = _ffmpeg(["-v", "error", *_hwaccel_args(hwaccel, path, info.pix_fmt)[0], "-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough", "-enc_time_base", "demux", "-c:v", "wrapped_avframe",
-                   "-f", "framecrc", "-"], what=str(path)).stdout.decode()  # fmt: skip
+    out = _ffmpeg(
+        [
+            "-v",
+            "error",
+            *_hwaccel_args(hwaccel, path, info.pix_fmt)[0],
+            "-i",
+            str(path),
+            "-map",
+            "0:v:0",
+            "-fps_mode",
+            "passthrough",
+            "-enc_time_base",
+            "demux",
+            "-c:v",
+            "wrapped_avframe",
+            "-f",
+            "framecrc",
+            "-",
+        ],
+        what=str(path),
+    ).stdout.decode()
     tb_match = re.search(r"^#tb 0: (\d+)/(\d+)", out, re.M)
     rows = [line.split(",") for line in out.splitlines() if line and not line.startswith("#")]
     if not tb_match or not rows:
@@ -570,11 +589,14 @@ class Manifest:
                 and manifest.segment_frames > 0
                 and isinstance(manifest.segments, list)
                 and all(
-                    isinstance(s, dict) and isinstance(s.get("frames"), int) and s["frames"] > 0 and isinstance(s["index"], int)
+                    isinstance(s, dict)
+                    and isinstance(s.get("frames"), int)
+                    and s["frames"] > 0
+                    and isinstance(s["index"], int)
                     and (folder / str(s.get("file"))).is_file()
                     for s in manifest.segments
                 )
-            )  # fmt: skip
+            )
         except (OSError, ValueError, TypeError, AttributeError):
             valid = False
         if not valid:
@@ -628,8 +650,28 @@ class _SegmentWriter:
         self.tmp = work.folder / f"segment_{index:05d}.{os.getpid()}.tmp.nut"
         self.final = work.folder / f"segment_{index:05d}.nut"
         w, h = work.size
-        cmd = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", work.raw_fmt, "-s", f"{w}x{h}",
-               "-r", str(work.rate), "-i", "-", *work.encode.encoder_args(work.info), "-f", "nut", str(self.tmp)]  # fmt: skip
+        cmd = [
+            FFMPEG,
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            work.raw_fmt,
+            "-s",
+            f"{w}x{h}",
+            "-r",
+            str(work.rate),
+            "-i",
+            "-",
+            *work.encode.encoder_args(work.info),
+            "-f",
+            "nut",
+            str(self.tmp),
+        ]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         self.frames_in_segment = 0
 
@@ -825,10 +867,13 @@ def upscale_video(
         for first, stop in missing_runs(work, manifest):
             before = manifest.frames_done
             encode_span(
-                work, job.pipeline, first, stop,
+                work,
+                job.pipeline,
+                first,
+                stop,
                 on_segment=lambda index, file, frames: manifest.record(work.folder, index, file, frames),
                 on_frames=(lambda n, base=before: on_progress(base + n, work.info.frames)) if on_progress else None,
-            )  # fmt: skip
+            )
         return finish_video(job, work, manifest, resumed)
     except BaseException as exc:
         kept = bool(manifest.segments)
@@ -848,8 +893,28 @@ def sample_frames(path: Path, info: VideoInfo, count: int = DENOISE_SAMPLES) -> 
     frames = []
     for i in range(count):
         at = float(info.duration) * (i + 0.5) / count
-        out = subprocess.run([FFMPEG, "-v", "error", "-nostdin", "-ss", f"{at:.3f}", "-i", str(path), "-map", "0:v:0", "-frames:v", "1",
-                              "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True)  # fmt: skip
+        out = subprocess.run(
+            [
+                FFMPEG,
+                "-v",
+                "error",
+                "-nostdin",
+                "-ss",
+                f"{at:.3f}",
+                "-i",
+                str(path),
+                "-map",
+                "0:v:0",
+                "-frames:v",
+                "1",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-",
+            ],
+            capture_output=True,
+        )
         if out.returncode == 0 and len(out.stdout) == info.width * info.height * 3:
             frames.append(np.frombuffer(out.stdout, np.uint8).reshape(info.height, info.width, 3))
     return frames
@@ -953,8 +1018,24 @@ def _mux(job: VideoJob, info: VideoInfo, manifest: Manifest, folder: Path, rate:
     (folder / "concat.txt").write_text("\n".join(lines) + "\n")
     dst = job.dst
     container = dst.suffix.lower()
-    cmd = ["-itsoffset", f"{float(info.start):.9f}", "-f", "concat", "-safe", "0", "-i", str(folder / "concat.txt"), "-i", str(job.src),
-           "-map", "0:v", "-map", "1:a?", "-map", "1:s?"]  # fmt: skip
+    cmd = [
+        "-itsoffset",
+        f"{float(info.start):.9f}",
+        "-f",
+        "concat",
+        "-safe",
+        "0",
+        "-i",
+        str(folder / "concat.txt"),
+        "-i",
+        str(job.src),
+        "-map",
+        "0:v",
+        "-map",
+        "1:a?",
+        "-map",
+        "1:s?",
+    ]
     if container in (".mkv", ".webm"):
         cmd += ["-map", "1:t?"]
     cmd += ["-map_metadata", "1", "-map_chapters", "1", "-c", "copy", *subtitle_codec(container)]
@@ -982,9 +1063,33 @@ def preflight(job: VideoJob, info: VideoInfo, size: tuple[int, int], rate: Fract
         raise VideoError(_hwaccel_problem(job.src, why))
     with tempfile.TemporaryDirectory(prefix="esr-preflight-") as folder:
         test = Path(folder) / f"check{container}"
-        cmd = ["-v", "error", "-f", "lavfi", "-i", f"color=c=black:s={size[0]}x{size[1]}:r={rate}", "-t", f"{float(2 / rate):.6f}",
-               "-i", str(job.src), "-map", "0:v", "-map", "1:a?", "-map", "1:s?", "-t", "0.2", *job.encode.encoder_args(info),
-               "-c:a", "copy", "-c:s", "copy", *subtitle_codec(container), str(test)]  # fmt: skip
+        cmd = [
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            f"color=c=black:s={size[0]}x{size[1]}:r={rate}",
+            "-t",
+            f"{float(2 / rate):.6f}",
+            "-i",
+            str(job.src),
+            "-map",
+            "0:v",
+            "-map",
+            "1:a?",
+            "-map",
+            "1:s?",
+            "-t",
+            "0.2",
+            *job.encode.encoder_args(info),
+            "-c:a",
+            "copy",
+            "-c:s",
+            "copy",
+            *subtitle_codec(container),
+            str(test),
+        ]
         _test_encode(cmd, job.encode.codec, job.dst)
 
 
@@ -1001,8 +1106,20 @@ def check_hardware(encode: EncodeSettings, hwaccel: str, src: Path, dst: Path) -
     the GPU, its driver or runtime fails here in one line, in a fraction of a second (the CLI calls this before
     it loads the model; the preflight tries again at the output's size, and decodes the input with CUDA)."""
     if hardware(encode.codec) is not None:
-        cmd = ["-v", "error", "-f", "lavfi", "-i", "color=c=black:s=256x256:r=10", "-frames:v", "2", *encode.encoder_args(),
-               "-f", "null", "-"]  # fmt: skip
+        cmd = [
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=black:s=256x256:r=10",
+            "-frames:v",
+            "2",
+            *encode.encoder_args(),
+            "-f",
+            "null",
+            "-",
+        ]
         _test_encode(cmd, encode.codec, dst)
     if hwaccel == "cuda" and (why := hwaccel_failure("cuda")) is not None:
         raise VideoError(_hwaccel_problem(src, why))
@@ -1050,6 +1167,26 @@ def decoder_args(work: SegmentWork, seek: Fraction | None, frames: int) -> list[
     """The decoder's command: `frames` frames of the video from `seek` (None: the start), raw RGB on its
     stdout; downloaded from the GPU by ffmpeg where it decodes there (no -hwaccel_output_format)."""
     before, after = _hwaccel_args(work.hwaccel, work.src, work.info.pix_fmt)
-    return [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", *before, *(["-ss", f"{float(seek):.6f}"] if seek is not None else []),
-            "-i", str(work.src), "-map", "0:v:0", "-fps_mode", "passthrough", "-frames:v", str(frames), *after,
-            "-f", "rawvideo", "-pix_fmt", work.raw_fmt, "-"]  # fmt: skip
+    return [
+        FFMPEG,
+        "-hide_banner",
+        "-nostdin",
+        "-v",
+        "error",
+        *before,
+        *(["-ss", f"{float(seek):.6f}"] if seek is not None else []),
+        "-i",
+        str(work.src),
+        "-map",
+        "0:v:0",
+        "-fps_mode",
+        "passthrough",
+        "-frames:v",
+        str(frames),
+        *after,
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        work.raw_fmt,
+        "-",
+    ]

@@ -58,8 +58,11 @@ def files(tmp_path_factory) -> Path:
     save_file(
         {k: v.contiguous() for k, v in sd.items()}, str(d / "listmeta.safetensors"), metadata={"esr.arch": "span", "esr.config": "[1, 2]"}
     )
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "negative.safetensors"),
-              metadata={"esr.arch": "span", "esr.config": '{"channels": -1, "scale": 2}'})  # fmt: skip
+    save_file(
+        {k: v.contiguous() for k, v in sd.items()},
+        str(d / "negative.safetensors"),
+        metadata={"esr.arch": "span", "esr.config": '{"channels": -1, "scale": 2}'},
+    )
     return d
 
 
@@ -218,8 +221,10 @@ def test_finetune_with_mismatched_models_and_bad_lora_settings(files, images, tm
         "--set",
         "loss.border=2",
     ]
-    refused(esr(*common, "--teacher", str(files / "x2.safetensors"), "--student", str(files / "x4.safetensors"), "--out", str(tmp_path / "a")),
-            "is x2 but the student is x4")  # fmt: skip
+    refused(
+        esr(*common, "--teacher", str(files / "x2.safetensors"), "--student", str(files / "x4.safetensors"), "--out", str(tmp_path / "a")),
+        "is x2 but the student is x4",
+    )
     pair = ["--teacher", str(files / "x2.safetensors"), "--student", str(files / "x2.safetensors")]
     refused(esr(*common, *pair, "--set", "lora.groups=5", "--out", str(tmp_path / "b")), "'lora.groups' expects a list")
     refused(esr(*common, *pair, "--set", "lora.groups=[{pattern='*', rank=0, alpha=1}]", "--out", str(tmp_path / "c")), "'lora.groups'")
@@ -273,15 +278,32 @@ def clips(tmp_path_factory) -> Path:
     ffmpeg(*src, "-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-colorspace", "bt470bg", str(d / "tagged.mkv"))
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=4x2:rate=5", "-t", "1", "-c:v", "ffv1", str(d / "tiny.mkv"))
     (d / "subs.srt").write_text("1\n00:00:00,000 --> 00:00:00,500\nhello\n")
-    ffmpeg(*src, "-i", str(d / "subs.srt"), "-t", "1", "-map", "0", "-map", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:s", "srt",
-           str(d / "subs.mkv"))  # fmt: skip
+    ffmpeg(
+        *src,
+        "-i",
+        str(d / "subs.srt"),
+        "-t",
+        "1",
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:s",
+        "srt",
+        str(d / "subs.mkv"),
+    )
     return d
 
 
 def video(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """A real process with a deadline: a hang fails the test instead of the suite."""
-    return subprocess.run([sys.executable, "-m", "esrcli", "video", *args, "--quiet", "--device", "cpu"], capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "esrcli", "video", *args, "--quiet", "--device", "cpu"], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize(
@@ -407,8 +429,18 @@ def test_bf16_on_a_cpu_without_it_warns_and_auto_training_picks_fp32(files, imag
     from esrcli.device import cpu_has_native_bf16
 
     for isa, native in (("AVX2", False), (None, cpu_has_native_bf16())):
-        explicit = cpu_bf16("upscale", str(files / "a.png"), "-o", str(tmp_path / f"{isa}.png"), "--precision", "bf16", "--device", "cpu",
-                            "--quiet", isa=isa)  # fmt: skip
+        explicit = cpu_bf16(
+            "upscale",
+            str(files / "a.png"),
+            "-o",
+            str(tmp_path / f"{isa}.png"),
+            "--precision",
+            "bf16",
+            "--device",
+            "cpu",
+            "--quiet",
+            isa=isa,
+        )
         assert explicit.returncode == 0, explicit.stderr
         assert (WARNING in explicit.stderr) == (not native), explicit.stderr
         assert len([line for line in explicit.stderr.splitlines() if "warning" in line]) == (0 if native else 1)

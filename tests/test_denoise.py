@@ -146,8 +146,10 @@ def test_a_scale_the_partner_lacks_refuses_a_strength_and_runs_unmixed_under_aut
         text = f'[{name}]\ntitle = "{name}"\narch = "span"\nargs = {{ norm = true }}\nlicence = "MIT"\n{extra}\n'
         for w in entry.weights:
             if w.scale in scales:
-                text += (f'[[{name}.weights]]\nscale = {w.scale}\nfile = "{w.filename}"\nsha256 = "{w.sha256}"\nsize = {w.size}\n'
-                         f'sources = [{{ package = "weights/{w.filename}" }}]\n\n')  # fmt: skip
+                text += (
+                    f'[[{name}.weights]]\nscale = {w.scale}\nfile = "{w.filename}"\nsha256 = "{w.sha256}"\nsize = {w.size}\n'
+                    f'sources = [{{ package = "weights/{w.filename}" }}]\n\n'
+                )
         return text
 
     registry = tmp_path / "models.toml"
@@ -162,8 +164,29 @@ def test_a_scale_the_partner_lacks_refuses_a_strength_and_runs_unmixed_under_aut
 
 def test_a_video_gets_one_strength_from_a_sample_of_its_frames(tmp_path):
     src, out = tmp_path / "noisy.mp4", tmp_path / "out.mp4"
-    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=96x64:r=10", "-t", "1.2", "-vf", "noise=alls=40:allf=t",
-                    "-c:v", "libx264", "-crf", "10", "-pix_fmt", "yuv444p", str(src)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            FFMPEG,
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=s=96x64:r=10",
+            "-t",
+            "1.2",
+            "-vf",
+            "noise=alls=40:allf=t",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "10",
+            "-pix_fmt",
+            "yuv444p",
+            str(src),
+        ],
+        check=True,
+    )
     result = CliRunner().invoke(main, ["video", str(src), str(out), "--json", "--segment", "0.5"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)

@@ -77,9 +77,14 @@ def test_one_failure_stops_every_stage_and_reaches_the_caller(where):
         written.append(item)
 
     stages = engine.Stages(
-        compute, sink, read_ahead=2, write_behind=2, finish=lambda: events.append("finish"), cancel=lambda: events.append("cancel"),
+        compute,
+        sink,
+        read_ahead=2,
+        write_behind=2,
+        finish=lambda: events.append("finish"),
+        cancel=lambda: events.append("cancel"),
         abort=lambda: events.append("abort"),
-    )  # fmt: skip
+    )
     before = {t.name for t in threading.enumerate()}
     expected = KeyboardInterrupt if where == "interrupt" else ValueError
     with pytest.raises(expected):

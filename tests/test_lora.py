@@ -111,9 +111,35 @@ def test_finetune_with_a_wider_teacher_exports_a_plain_student(images, tmp_path)
     torch.manual_seed(0)
     save_network(build("span", channels=12, scale=2).eval(), tmp_path / "teacher.safetensors")
     save_network(build("span", channels=8, scale=2).eval(), tmp_path / "student.safetensors")
-    result = CliRunner().invoke(main, ["finetune-lora", "--teacher", str(tmp_path / "teacher.safetensors"), "--student", str(tmp_path / "student.safetensors"),
-                                       "--data", str(images), "--val", str(images), "--out", str(tmp_path / "run"), "--steps", "4", "--batch", "2",
-                                       "--lr-patch", "24", "--workers", "0", "--device", "cpu", "--quiet", "--set", "run.log_every=1"])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "finetune-lora",
+            "--teacher",
+            str(tmp_path / "teacher.safetensors"),
+            "--student",
+            str(tmp_path / "student.safetensors"),
+            "--data",
+            str(images),
+            "--val",
+            str(images),
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "4",
+            "--batch",
+            "2",
+            "--lr-patch",
+            "24",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--set",
+            "run.log_every=1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert '"teacher"' in records and '"affinity"' in records
@@ -144,8 +170,16 @@ def test_pure_distillation_needs_no_hr_term_but_some_term(images, tmp_path):
     """loss.l1 = 0 is DSCLoRA supervised by the teacher alone; with every term at zero the run is refused."""
     save_network(build("span", channels=8, scale=2).eval(), tmp_path / "s.safetensors")
     cfg = TrainConfig()
-    for key, value in {"lora.student": str(tmp_path / "s.safetensors"), "lora.teacher": str(tmp_path / "s.safetensors"), "run.steps": 2,
-                       "data.lr_patch": 16, "data.batch": 2, "data.workers": 0, "run.device": "cpu", "loss.l1": 0.0}.items():  # fmt: skip
+    for key, value in {
+        "lora.student": str(tmp_path / "s.safetensors"),
+        "lora.teacher": str(tmp_path / "s.safetensors"),
+        "run.steps": 2,
+        "data.lr_patch": 16,
+        "data.batch": 2,
+        "data.workers": 0,
+        "run.device": "cpu",
+        "loss.l1": 0.0,
+    }.items():
         cfg.set(key, value)
     cfg.data.train = [str(images)]
     Trainer(cfg, tmp_path / "run").fit()
@@ -161,8 +195,15 @@ def test_a_lora_run_resumes(images, tmp_path):
     torch.manual_seed(0)
     save_network(build("span", channels=8, scale=2).eval(), tmp_path / "s.safetensors")
     cfg = TrainConfig()
-    for key, value in {"lora.student": str(tmp_path / "s.safetensors"), "lora.teacher": str(tmp_path / "s.safetensors"), "run.steps": 2,
-                       "data.lr_patch": 16, "data.batch": 2, "data.workers": 0, "run.device": "cpu"}.items():  # fmt: skip
+    for key, value in {
+        "lora.student": str(tmp_path / "s.safetensors"),
+        "lora.teacher": str(tmp_path / "s.safetensors"),
+        "run.steps": 2,
+        "data.lr_patch": 16,
+        "data.batch": 2,
+        "data.workers": 0,
+        "run.device": "cpu",
+    }.items():
         cfg.set(key, value)
     cfg.data.train = [str(images)]
     Trainer(cfg, tmp_path / "run").fit()
@@ -180,8 +221,16 @@ def test_distillation_leaves_the_patch_border_out_of_both_teacher_terms(images, 
     save_network(build("span", channels=12, scale=2).eval(), tmp_path / "t.safetensors")
     save_network(build("span", channels=8, scale=2).eval(), tmp_path / "s.safetensors")
     cfg = TrainConfig()
-    for key, value in {"lora.student": str(tmp_path / "s.safetensors"), "lora.teacher": str(tmp_path / "t.safetensors"), "loss.border": 4,
-                       "data.lr_patch": 16, "data.batch": 2, "data.workers": 0, "run.device": "cpu", "run.channels_last": False}.items():  # fmt: skip
+    for key, value in {
+        "lora.student": str(tmp_path / "s.safetensors"),
+        "lora.teacher": str(tmp_path / "t.safetensors"),
+        "loss.border": 4,
+        "data.lr_patch": 16,
+        "data.batch": 2,
+        "data.workers": 0,
+        "run.device": "cpu",
+        "run.channels_last": False,
+    }.items():
         cfg.set(key, value)
     cfg.data.train = [str(images)]
     trainer = Trainer(cfg, tmp_path / "run")
@@ -211,8 +260,16 @@ def test_a_lora_run_loads_without_its_student_file(images, tmp_path, legacy):
     torch.manual_seed(0)
     save_network(build("span", channels=8, scale=2).eval(), tmp_path / "s.safetensors")
     cfg = TrainConfig()
-    for key, value in {"lora.student": str(tmp_path / "s.safetensors"), "lora.teacher": str(tmp_path / "s.safetensors"), "run.steps": 2,
-                       "data.lr_patch": 16, "data.batch": 2, "data.workers": 0, "run.device": "cpu", "optim.lr": 1e-2}.items():  # fmt: skip
+    for key, value in {
+        "lora.student": str(tmp_path / "s.safetensors"),
+        "lora.teacher": str(tmp_path / "s.safetensors"),
+        "run.steps": 2,
+        "data.lr_patch": 16,
+        "data.batch": 2,
+        "data.workers": 0,
+        "run.device": "cpu",
+        "optim.lr": 1e-2,
+    }.items():
         cfg.set(key, value)
     cfg.data.train = [str(images)]
     trainer = Trainer(cfg, tmp_path / "run")

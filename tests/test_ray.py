@@ -63,9 +63,28 @@ def cluster(tmp_path_factory):
     port = free_port()
     temp = tmp_path_factory.mktemp("ray")
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-                             "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    head = subprocess.Popen(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+            "--temp-dir",
+            str(temp),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not list(temp.glob("session_latest/logs/raylet.out")) or not port_open(port):
@@ -109,13 +128,20 @@ def photos(folder: Path, count: int, size: int) -> None:
 
 
 def test_the_cluster_stays_on_loopback(cluster):
-    code = (f"import json, ray; ray.init(address={cluster!r}, logging_level='ERROR'); "
-            "print(json.dumps([[n['NodeManagerAddress'], n['Alive']] for n in ray.nodes()] + [ray.cluster_resources().get('CPU')]))")  # fmt: skip
+    code = (
+        f"import json, ray; ray.init(address={cluster!r}, logging_level='ERROR'); "
+        "print(json.dumps([[n['NodeManagerAddress'], n['Alive']] for n in ray.nodes()] + [ray.cluster_resources().get('CPU')]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ.copy(), check=True)
     *nodes, cpus = json.loads(out.stdout.strip().splitlines()[-1])
     assert nodes and all(address == "127.0.0.1" and alive for address, alive in nodes) and cpus == 2
-    wrong = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "RAY_AUTH_TOKEN": "0" * 64, "RAY_CONNECT_TIMEOUT_S": "5"})  # fmt: skip
+    wrong = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_AUTH_TOKEN": "0" * 64, "RAY_CONNECT_TIMEOUT_S": "5"},
+    )
     assert wrong.returncode != 0  # authentication is on: a wrong token is refused
 
 
@@ -160,8 +186,34 @@ def framemd5(path: Path) -> list[str]:
 
 def test_a_lossless_video_through_ray_has_the_local_frames_and_resumes_across(cluster, tmp_path):
     clip = tmp_path / "clip.mp4"
-    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=48x32:r=24000/1001", "-f", "lavfi", "-i", "sine=f=440:r=48000",
-                    "-t", "3", "-c:v", "libx264", "-g", "5", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(clip)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            FFMPEG,
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=s=48x32:r=24000/1001",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=f=440:r=48000",
+            "-t",
+            "3",
+            "-c:v",
+            "libx264",
+            "-g",
+            "5",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(clip),
+        ],
+        check=True,
+    )
     common = ["--codec", "ffv1", "--crf", "-1", "--pix-fmt", "yuv444p", "--segment", "0.5", "--tile", "0", "--device", "cpu", "--quiet"]
     local = esr("video", str(clip), str(tmp_path / "local.mkv"), *common)
     assert local.returncode == 0, local.stderr
@@ -174,8 +226,13 @@ def test_a_lossless_video_through_ray_has_the_local_frames_and_resumes_across(cl
 
     # Interrupted on the cluster, finished here: the manifest is the same for both.
     out = tmp_path / "across.mkv"
-    proc = subprocess.Popen([sys.executable, "-m", "esrcli", "video", str(clip), str(out), *common, "--ray", cluster, "--ray-workers", "2"],
-                            stderr=subprocess.PIPE, text=True, env=os.environ.copy(), start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esrcli", "video", str(clip), str(out), *common, "--ray", cluster, "--ray-workers", "2"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+        start_new_session=True,
+    )
     manifest = tmp_path / ".across.mkv.esr-parts" / "manifest.json"
     try:
         deadline = time.monotonic() + 180
@@ -202,8 +259,22 @@ def test_a_killed_worker_is_replaced_and_its_file_comes_out_right(cluster, tmp_p
     photos(tmp_path / "in", 8, 160)
     local = esr("upscale", str(tmp_path / "in"), "-o", str(tmp_path / "local"), "--tile", "0", "--device", "cpu", "--quiet")
     assert local.returncode == 0, local.stderr
-    args = [sys.executable, "-m", "esrcli", "upscale", str(tmp_path / "in"), "-o", str(tmp_path / "ray"), "--tile", "0", "--ray", cluster,
-            "--ray-workers", "2", "--json"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "esrcli",
+        "upscale",
+        str(tmp_path / "in"),
+        "-o",
+        str(tmp_path / "ray"),
+        "--tile",
+        "0",
+        "--ray",
+        cluster,
+        "--ray-workers",
+        "2",
+        "--json",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(), start_new_session=True)
     killed = None
     try:

@@ -217,14 +217,20 @@ def test_the_planner_takes_the_least_work_grid_within_the_budget(size):
     if height * width <= plan.whole:
         assert pixels == [height * width]
     best = min(  # every grid of near-equal tiles that fits, by brute force
-        sum(tile_pixels(TilePlan(0, 21, 1), 1, 1)) * 0 + sum(
+        sum(tile_pixels(TilePlan(0, 21, 1), 1, 1)) * 0
+        + sum(
             (min(height, y1 + 21) - max(0, y0 - 21)) * (min(width, x1 + 21) - max(0, x0 - 21))
-            for y0, y1 in even_spans(height, r) for x0, x1 in even_spans(width, c)
+            for y0, y1 in even_spans(height, r)
+            for x0, x1 in even_spans(width, c)
         )
-        for r in range(1, height // 32 + 1) for c in range(1, width // 32 + 1)
-        if all((min(height, y1 + 21) - max(0, y0 - 21)) * (min(width, x1 + 21) - max(0, x0 - 21)) <= plan.whole
-               for y0, y1 in even_spans(height, r) for x0, x1 in even_spans(width, c))
-    )  # fmt: skip
+        for r in range(1, height // 32 + 1)
+        for c in range(1, width // 32 + 1)
+        if all(
+            (min(height, y1 + 21) - max(0, y0 - 21)) * (min(width, x1 + 21) - max(0, x0 - 21)) <= plan.whole
+            for y0, y1 in even_spans(height, r)
+            for x0, x1 in even_spans(width, c)
+        )
+    )
     assert sum(pixels) <= best * 1.02  # the planner counts both overlaps per tile: within 2% of the true least
 
 

@@ -288,8 +288,14 @@ def test_interrupt_saves_a_checkpoint_and_resume_finishes(images, tmp_path, sign
     ]
     # The child starts with SIGINT ignored, as under a test runner or script that runs it in the
     # background (nohup, `&`): esr must still stop on Ctrl-C.
-    proc = subprocess.Popen(esr_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    proc = subprocess.Popen(
+        esr_cmd(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (

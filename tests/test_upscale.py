@@ -312,8 +312,14 @@ def test_scale_zero_is_refused_like_a_negative_one(tmp_path, model):
 
 
 def esr_process(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "esrcli", "upscale", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "esrcli", "upscale", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
 
 
 @contextmanager
@@ -372,7 +378,11 @@ def test_a_killed_batch_leaves_a_partial_that_the_next_run_removes(tmp_path):
     live = out / f".other.png.esr-{os.getpid()}-abc.tmp"  # a running writer's partial: kept
     live.write_text("in progress")
     photos(tmp_path / "small", 1, 8)
-    result = subprocess.run([sys.executable, "-m", "esrcli", "upscale", str(tmp_path / "small"), "-o", str(out), "--suffix", "_s"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "esrcli", "upscale", str(tmp_path / "small"), "-o", str(out), "--suffix", "_s"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert not partials[0].exists() and unrelated.exists() and live.exists()

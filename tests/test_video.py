@@ -52,9 +52,45 @@ def clips(tmp_path_factory) -> Path:
         ";FFMETADATA1\ntitle=esr test\n[CHAPTER]\nTIMEBASE=1/1000\nSTART=0\nEND=1000\ntitle=first\n[CHAPTER]\nTIMEBASE=1/1000\nSTART=1000\nEND=2000\ntitle=second\n"
     )
     (d / "subs.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n\n2\n00:00:01,000 --> 00:00:02,000\nworld\n")
-    ffmpeg(*src, "-f", "lavfi", "-i", "sine=f=440:r=48000", "-f", "lavfi", "-i", "sine=f=880:r=44100", "-i", str(d / "subs.srt"),
-           "-i", str(d / "chapters.txt"), "-t", "2", "-map", "0:v", "-map", "1:a", "-map", "2:a", "-map", "3:s", "-map_metadata", "4",
-           "-map_chapters", "4", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-c:s", "srt", "-shortest", str(d / "multi.mkv"))  # fmt: skip
+    ffmpeg(
+        *src,
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=f=440:r=48000",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=f=880:r=44100",
+        "-i",
+        str(d / "subs.srt"),
+        "-i",
+        str(d / "chapters.txt"),
+        "-t",
+        "2",
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-map",
+        "2:a",
+        "-map",
+        "3:s",
+        "-map_metadata",
+        "4",
+        "-map_chapters",
+        "4",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-c:s",
+        "srt",
+        "-shortest",
+        str(d / "multi.mkv"),
+    )
     ffmpeg(
         "-f",
         "lavfi",
@@ -70,8 +106,23 @@ def clips(tmp_path_factory) -> Path:
         "yuv444p",
         str(d / "odd.mkv"),
     )
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x36:r=30", "-t", "2", "-vf", "select='not(eq(mod(n\\,5)\\,2))'", "-fps_mode", "vfr", "-c:v", "libx264",
-           "-pix_fmt", "yuv420p", str(d / "vfr.mkv"))  # fmt: skip
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=64x36:r=30",
+        "-t",
+        "2",
+        "-vf",
+        "select='not(eq(mod(n\\,5)\\,2))'",
+        "-fps_mode",
+        "vfr",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        str(d / "vfr.mkv"),
+    )
     ffmpeg("-f", "lavfi", "-i", "sine=f=440:r=48000", "-t", "1", "-c:a", "aac", str(d / "audio.m4a"))
     # Matroska stores milliseconds: 24000/1001 becomes steps of 41 and 42 ms.
     ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x36:r=24000/1001", "-t", "2", "-c:v", "ffv1", str(d / "ntsc_ffv1.mkv"))
@@ -282,8 +333,30 @@ def test_segments_done_out_of_order_are_filled_in_and_match_a_straight_run(clips
     from esrcli.video import EncodeSettings, VideoJob, encode_span, prepare_video, upscale_video
 
     src = tmp_path / "gop.mp4"  # a keyframe every 7 frames and B-frames: the gaps are reached by seeking
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x36:r=24000/1001", "-f", "lavfi", "-i", "sine=f=440:r=48000", "-t", "2", "-c:v", "libx264",
-           "-g", "7", "-bf", "2", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(src))  # fmt: skip
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=64x36:r=24000/1001",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=f=440:r=48000",
+        "-t",
+        "2",
+        "-c:v",
+        "libx264",
+        "-g",
+        "7",
+        "-bf",
+        "2",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
+        str(src),
+    )
     assert len(probe(src).keyframes) > 3
     pipeline = Model(model, device="cpu").pipeline(tile=0)
     settings = EncodeSettings(codec="ffv1", crf=None, pix_fmt="yuv444p")

@@ -46,8 +46,12 @@ def one_error_line(proc: subprocess.CompletedProcess, *phrases: str) -> str:
 
 def decoded_frames(path: Path) -> int:
     """How many frames ffmpeg itself decodes from `path` (every frame as it comes, none dropped or doubled)."""
-    out = subprocess.run([FFMPEG, "-v", "quiet", "-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "framecrc", "-"],
-                         capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    out = subprocess.run(
+        [FFMPEG, "-v", "quiet", "-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "framecrc", "-"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     return sum(1 for line in out.splitlines() if line and not line.startswith("#"))
 
 
@@ -57,8 +61,21 @@ def clips(tmp_path_factory) -> Path:
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=32x24:rate=5", "-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(d / "in.mp4"))
     # 75 frames at 25 fps with B-frames, the index first (as a streamed or downloaded MP4 has it), so
     # that any cut keeps the container's announced 3 s
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-movflags", "+faststart",
-           str(d / "full.mp4"))  # fmt: skip
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=64x48:rate=25",
+        "-t",
+        "3",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-movflags",
+        "+faststart",
+        str(d / "full.mp4"),
+    )
     return d
 
 
@@ -182,8 +199,19 @@ def test_a_failed_run_keeps_parts_only_when_it_says_so(clips, tiny_model, tmp_pa
     out = folder / "x.mkv"
     # inside the namespace, after the run: what is left in the tmpfs, and the manifest of the parts kept
     script = f'mount -t tmpfs -o size={size} tmpfs "$0" && "$@"; code=$?; ls -A "$0"; cat "$0"/.*.esr-parts/manifest.json 2>/dev/null; exit $code'
-    proc = video(str(src), str(out), "-m", tiny_model, "--codec", "ffv1", "--crf", "-1", "--segment", "0.5",
-                 prefix=(unshare, "-m", "sh", "-c", script, str(folder)))  # fmt: skip
+    proc = video(
+        str(src),
+        str(out),
+        "-m",
+        tiny_model,
+        "--codec",
+        "ffv1",
+        "--crf",
+        "-1",
+        "--segment",
+        "0.5",
+        prefix=(unshare, "-m", "sh", "-c", script, str(folder)),
+    )
     line = one_error_line(proc, f"{out}: ", "No space left on device")
     left, _, manifest = proc.stdout.partition("\n")
     if kept:
@@ -202,8 +230,26 @@ def test_an_mpeg_ts_input_is_upscaled(tiny_model, tmp_path):
     """MPEG-TS packets carry side data, which ffmpeg's packet list prints after the flags ("S=1, MPEGTS
     Stream ID, ..."): it was read as the flags (unexpected ValueError for every .ts file)."""
     src = tmp_path / "in.ts"
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=32x24:rate=25", "-f", "lavfi", "-i", "sine=f=440:r=48000", "-t", "1", "-c:v", "libx264",
-           "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(src))  # fmt: skip
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=32x24:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=f=440:r=48000",
+        "-t",
+        "1",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
+        str(src),
+    )
     out = tmp_path / "out.mkv"
     proc = video(str(src), str(out), "-m", tiny_model)
     assert proc.returncode == 0, proc.stderr
@@ -215,8 +261,23 @@ def test_a_damaged_input_that_floods_the_decoders_log_does_not_stall(tiny_model,
     """A damaged stream makes the decoder complain at every frame; its messages went to a pipe nobody read
     while frames were decoded, so once 64 KiB had piled up the decoder, and the run, waited forever."""
     clean = tmp_path / "clean.ts"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-t", "12", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "1",
-           "-x264-params", "slices=3", str(clean))  # fmt: skip
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=25",
+        "-t",
+        "12",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "1",
+        "-x264-params",
+        "slices=3",
+        str(clean),
+    )
     data = bytearray(clean.read_bytes())
     for packet in range(20, len(data) // 188):  # damage the payload of every 188-byte TS packet, never its header
         for offset in (40, 90, 140):
@@ -269,8 +330,19 @@ def test_an_out_of_range_crf_is_refused_before_any_work(clips, tiny_model, tmp_p
 def test_the_encoders_own_range_error_comes_through_as_one_line(clips, tiny_model, tmp_path):
     """What esr has no table for reaches the encoder: its own complaint, with the range, is the line."""
     out = tmp_path / "x.webm"
-    proc = video(str(clips / "in.mp4"), str(out), "-m", tiny_model, "--codec", "libvpx-vp9", "--crf", "-1", "--ffmpeg-arg=-crf",
-                 "--ffmpeg-arg=99", timeout=60)  # fmt: skip
+    proc = video(
+        str(clips / "in.mp4"),
+        str(out),
+        "-m",
+        tiny_model,
+        "--codec",
+        "libvpx-vp9",
+        "--crf",
+        "-1",
+        "--ffmpeg-arg=-crf",
+        "--ffmpeg-arg=99",
+        timeout=60,
+    )
     one_error_line(proc, f"{out}: ", "99", "out of range [-1 - 63]")
     assert sorted(tmp_path.iterdir()) == []
 

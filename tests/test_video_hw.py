@@ -86,8 +86,23 @@ def framemd5(path: Path) -> list[str]:
 def clip(tmp_path_factory) -> Path:
     """2 s at 10 fps, a keyframe every 3 frames, with B-frames: segments of 0.5 s start by seeking."""
     path = tmp_path_factory.mktemp("clip") / "in.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-t", "2", "-c:v", "libx264", "-g", "3", "-bf", "2", "-pix_fmt", "yuv420p",
-           str(path))  # fmt: skip
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=64x48:rate=10",
+        "-t",
+        "2",
+        "-c:v",
+        "libx264",
+        "-g",
+        "3",
+        "-bf",
+        "2",
+        "-pix_fmt",
+        "yuv420p",
+        str(path),
+    )
     return path
 
 
@@ -236,13 +251,33 @@ def test_the_default_quality_is_18_or_its_equivalent_on_the_encoders_scale():
         ("h264_amf", 20, ["-c:v", "h264_amf", "-pix_fmt", "yuv420p", "-rc", "cqp", "-qp_i", "20", "-qp_p", "20", "-qp_b", "20"]),
         ("hevc_amf", 20, ["-c:v", "hevc_amf", "-pix_fmt", "yuv420p", "-rc", "cqp", "-qp_i", "20", "-qp_p", "20"]),  # no -qp_b in hevc_amf
         ("av1_amf", 100, ["-c:v", "av1_amf", "-pix_fmt", "yuv420p", "-rc", "cqp", "-qp_i", "100", "-qp_p", "100", "-qp_b", "100"]),
-        ("h264_vaapi", 22, ["-c:v", "h264_vaapi", "-rc_mode", "CQP", "-global_quality", "22", "-vaapi_device", "NODE", "-vf", "format=nv12,hwupload"]),
-        ("av1_vulkan", 90, ["-c:v", "av1_vulkan", "-rc_mode", "cqp", "-qp", "90", "-init_hw_device", "vulkan=esr", "-filter_hw_device", "esr",
-                            "-vf", "format=nv12,hwupload"]),
+        (
+            "h264_vaapi",
+            22,
+            ["-c:v", "h264_vaapi", "-rc_mode", "CQP", "-global_quality", "22", "-vaapi_device", "NODE", "-vf", "format=nv12,hwupload"],
+        ),
+        (
+            "av1_vulkan",
+            90,
+            [
+                "-c:v",
+                "av1_vulkan",
+                "-rc_mode",
+                "cqp",
+                "-qp",
+                "90",
+                "-init_hw_device",
+                "vulkan=esr",
+                "-filter_hw_device",
+                "esr",
+                "-vf",
+                "format=nv12,hwupload",
+            ],
+        ),
         ("h264_nvenc", None, ["-c:v", "h264_nvenc", "-pix_fmt", "yuv420p"]),  # --crf -1: the encoder's own rate control
         ("h264_v4l2m2m", None, ["-c:v", "h264_v4l2m2m", "-pix_fmt", "yuv420p"]),
     ],
-)  # fmt: skip
+)
 def test_the_mapping_gives_each_family_its_own_quality_options(codec, crf, expected):
     args = EncodeSettings(codec=codec, crf=crf).encoder_args()
     node = next((a for a in args if a.startswith("/dev/dri/")), None)
@@ -286,8 +321,14 @@ def test_the_quality_options_are_the_encoders_own(codec):
 
 def test_presets_are_passed_only_where_the_encoder_has_them(tmp_path):
     dst = tmp_path / "o.mkv"
-    for codec, preset in (("h264_nvenc", "p7"), ("h264_nvenc", "slow"), ("hevc_qsv", "veryslow"), ("h264_amf", "quality"), ("libx264", "slow"),
-                          ("libsvtav1", "8")):  # fmt: skip
+    for codec, preset in (
+        ("h264_nvenc", "p7"),
+        ("h264_nvenc", "slow"),
+        ("hevc_qsv", "veryslow"),
+        ("h264_amf", "quality"),
+        ("libx264", "slow"),
+        ("libsvtav1", "8"),
+    ):
         if encoder_options(codec) is not None:
             EncodeSettings(codec=codec, preset=preset).check(dst)
     if encoder_options("h264_nvenc") is not None:

@@ -135,8 +135,9 @@ def test_a_pickle_that_runs_code_is_refused_without_torch_advice(tmp_path):
 
     path = tmp_path / "hostile.pth"
     torch.save({"params": {"w": Hostile()}}, path)
-    proc = subprocess.run([sys.executable, "-m", "esrcli", "bench", "speed", "-m", str(path), "--seconds", "0"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "esrcli", "bench", "speed", "-m", str(path), "--seconds", "0"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1 and "pwned" not in proc.stdout
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "Warning" not in err

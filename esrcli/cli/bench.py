@@ -104,9 +104,16 @@ def quality(model_ref, data_dirs, scale, metric, crop, limit, degrade, device, p
         task = progress.add_task(f"{loaded.name} x{loaded.scale}", total=total)
         for d in data_dirs:
             score = evaluate_set(
-                loaded.network, loaded.scale, d, channel=metric, crop=crop, limit=limit, degrade=degrade,
-                on_image=lambda _p: progress.advance(task), network_for=loaded.network_for,
-            )  # fmt: skip
+                loaded.network,
+                loaded.scale,
+                d,
+                channel=metric,
+                crop=crop,
+                limit=limit,
+                degrade=degrade,
+                on_image=lambda _p: progress.advance(task),
+                network_for=loaded.network_for,
+            )
             results[d.name] = {"psnr": round(score.psnr, 4), "ssim": round(score.ssim, 4), "images": score.images}
     summary = {
         "model": loaded.name,

@@ -91,8 +91,18 @@ def upscale(
     from ..jobs import ModelSpec, Ray, upscale_files
     from ..scaling import format_scale
 
-    model, pipeline, (runs_on, runs_in) = open_pipeline(model_ref, device, precision, scale=scale, tile=tile, overlap=overlap, batch=batch,
-                                                        ray=bool(ray_address), progress=not (quiet or as_json), denoise=denoise)  # fmt: skip
+    model, pipeline, (runs_on, runs_in) = open_pipeline(
+        model_ref,
+        device,
+        precision,
+        scale=scale,
+        tile=tile,
+        overlap=overlap,
+        batch=batch,
+        ray=bool(ray_address),
+        progress=not (quiet or as_json),
+        denoise=denoise,
+    )
     plan = pipeline.plan
     settings = Settings(quality=quality, alpha_mode=alpha_mode, overwrite=not skip_existing, allow_large=allow_large)
     jobs = plan_batch(
@@ -133,8 +143,16 @@ def upscale(
             progress.advance(files)
 
         try:
-            run = upscale_files(jobs, pipeline, settings, ModelSpec(model_ref, device, precision, scale, denoise), ray=ray, on_start=start,
-                                on_tile=lambda n: progress.advance(tiles_task, n), on_outcome=finished)  # fmt: skip
+            run = upscale_files(
+                jobs,
+                pipeline,
+                settings,
+                ModelSpec(model_ref, device, precision, scale, denoise),
+                ray=ray,
+                on_start=start,
+                on_tile=lambda n: progress.advance(tiles_task, n),
+                on_outcome=finished,
+            )
         finally:
             if ray is not None:
                 ray.close()

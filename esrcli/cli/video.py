@@ -165,12 +165,31 @@ def video(
     except VideoError as exc:
         fail(_line(exc))
         raise SystemExit(1) from None
-    model, pipeline, (runs_on, runs_in) = open_pipeline(model_ref, device, precision, scale=scale, tile=tile, overlap=overlap, batch=batch,
-                                    ray=bool(ray_address), progress=not (quiet or as_json), denoise=denoise)  # fmt: skip
+    model, pipeline, (runs_on, runs_in) = open_pipeline(
+        model_ref,
+        device,
+        precision,
+        scale=scale,
+        tile=tile,
+        overlap=overlap,
+        batch=batch,
+        ray=bool(ray_address),
+        progress=not (quiet or as_json),
+        denoise=denoise,
+    )
     plan = pipeline.plan
-    job = VideoJob(src, dst, pipeline, encode, model_key=f"{model.name}:{model.source}:{runs_in}",
-                   segment_seconds=segment_seconds, resume=resume, overwrite=overwrite,
-                   allow_truncated=allow_truncated, hwaccel=hwaccel)  # fmt: skip
+    job = VideoJob(
+        src,
+        dst,
+        pipeline,
+        encode,
+        model_key=f"{model.name}:{model.source}:{runs_in}",
+        segment_seconds=segment_seconds,
+        resume=resume,
+        overwrite=overwrite,
+        allow_truncated=allow_truncated,
+        hwaccel=hwaccel,
+    )
     ray = Ray(ray_address, ray_workers or 0).open() if ray_address else None  # before any progress bar: a refusal is one line
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
@@ -193,8 +212,9 @@ def video(
             progress.update(task, completed=done, total=total)
 
         try:
-            result, cluster = upscale_one_video(job, ModelSpec(model_ref, device, precision, scale, denoise), ray=ray, on_progress=on_progress,
-                                                on_info=on_info)  # fmt: skip
+            result, cluster = upscale_one_video(
+                job, ModelSpec(model_ref, device, precision, scale, denoise), ray=ray, on_progress=on_progress, on_info=on_info
+            )
         except KeyboardInterrupt as exc:
             progress.stop()
             folder = parts_dir(dst)

@@ -192,14 +192,20 @@ class DegradationConfig:
         return values
 
 
-# Hand-wrapped table: ruff's trailing `# fmt: skip` does not keep multi-line entries.
-# fmt: off
+# Hand-wrapped table: ruff's trailing `` does not keep multi-line entries.
 _REALESRGAN: dict[str, Any] = {
     # The ranges of the Real-ESRGAN paper (first and second order).
     "blur_prob": 1.0,
     "kernel_size": [7, 21],
-    "kernels": {"iso": 0.45, "aniso": 0.25, "generalized_iso": 0.12, "generalized_aniso": 0.03, "plateau_iso": 0.12,
-                "plateau_aniso": 0.03, "sinc": 0.1},  # fmt: skip
+    "kernels": {
+        "iso": 0.45,
+        "aniso": 0.25,
+        "generalized_iso": 0.12,
+        "generalized_aniso": 0.03,
+        "plateau_iso": 0.12,
+        "plateau_aniso": 0.03,
+        "sinc": 0.1,
+    },
     "sigma": [0.2, 3.0],
     "beta_generalized": [0.5, 4.0],
     "beta_plateau": [1.0, 2.0],
@@ -224,26 +230,42 @@ _REALESRGAN: dict[str, Any] = {
     "final_modes": {"area": 1.0, "bilinear": 1.0, "bicubic": 1.0},
     "final_sinc_prob": 0.8,
 }
-# fmt: on
 
-# Hand-wrapped table: ruff's trailing `# fmt: skip` does not keep multi-line entries.
-# fmt: off
+# Hand-wrapped table: ruff's trailing `` does not keep multi-line entries.
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     # JPEG alone: MATLAB bicubic, then quality 30-95 (85% of samples); the rest stay clean.
-    "jpeg": {**_REALESRGAN, "blur_prob": 0.0, "resize_probs": [0.0, 0.0, 1.0], "noise_prob": 0.0, "jpeg_prob": 0.85,
-             "second_order_prob": 0.0, "final_modes": {"matlab": 1.0}, "final_sinc_prob": 0.0},  # fmt: skip
+    "jpeg": {
+        **_REALESRGAN,
+        "blur_prob": 0.0,
+        "resize_probs": [0.0, 0.0, 1.0],
+        "noise_prob": 0.0,
+        "jpeg_prob": 0.85,
+        "second_order_prob": 0.0,
+        "final_modes": {"matlab": 1.0},
+        "final_sinc_prob": 0.0,
+    },
     # What photos and video frames carry, at strengths that keep clean inputs sharp: mild blur (40%),
     # noise (40%), JPEG (70%), no second order; a fifth of samples stay clean bicubic.
-    "light": {**_REALESRGAN, "blur_prob": 0.4, "kernel_size": [7, 15],
-              "kernels": {"iso": 0.6, "aniso": 0.3, "generalized_iso": 0.05, "plateau_iso": 0.05},
-              "sigma": [0.2, 1.6], "resize_probs": [0.0, 0.0, 1.0], "noise_prob": 0.4, "gaussian_noise_prob": 0.8,
-              "noise_sigma": [1.0, 12.0], "poisson_scale": [0.05, 1.0], "jpeg_prob": 0.7, "jpeg_range": [35.0, 95.0],
-              "second_order_prob": 0.0, "final_modes": {"matlab": 0.6, "area": 0.2, "bicubic": 0.2},
-              "final_sinc_prob": 0.05},  # fmt: skip
+    "light": {
+        **_REALESRGAN,
+        "blur_prob": 0.4,
+        "kernel_size": [7, 15],
+        "kernels": {"iso": 0.6, "aniso": 0.3, "generalized_iso": 0.05, "plateau_iso": 0.05},
+        "sigma": [0.2, 1.6],
+        "resize_probs": [0.0, 0.0, 1.0],
+        "noise_prob": 0.4,
+        "gaussian_noise_prob": 0.8,
+        "noise_sigma": [1.0, 12.0],
+        "poisson_scale": [0.05, 1.0],
+        "jpeg_prob": 0.7,
+        "jpeg_range": [35.0, 95.0],
+        "second_order_prob": 0.0,
+        "final_modes": {"matlab": 0.6, "area": 0.2, "bicubic": 0.2},
+        "final_sinc_prob": 0.05,
+    },
     "realesrgan": _REALESRGAN,
 }
-# fmt: on
 
 
 SECTIONS = {
@@ -284,8 +306,7 @@ def _probability(v: Any) -> bool:
 
 
 # What each setting may be: checked once before a run starts, so a bad value is one line, not a crash.
-# Hand-wrapped table: ruff's trailing `# fmt: skip` does not keep multi-line entries.
-# fmt: off
+# Hand-wrapped table: ruff's trailing `` does not keep multi-line entries.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.arch": (_one_of("span", "efdn", "espan", "spanf"), "span, efdn, espan or spanf"),
     "model.scale": (lambda v: isinstance(v, int) and 2 <= v <= 8, "an integer from 2 to 8"),
@@ -322,19 +343,40 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "recipe.extra_blocks": (lambda v: isinstance(v, int) and v >= 0, "0 or more"),
     "recipe.shrink_every": (lambda v: isinstance(v, int) and v >= 0, "0 or more"),
     "lora.groups": (
-        lambda v: all(isinstance(g, dict) and set(g) == {"pattern", "rank", "alpha"} and isinstance(g["pattern"], str)
-                      and isinstance(g["rank"], int) and g["rank"] >= 1 and _finite(g["alpha"]) and g["alpha"] > 0 for g in v),
+        lambda v: all(
+            isinstance(g, dict)
+            and set(g) == {"pattern", "rank", "alpha"}
+            and isinstance(g["pattern"], str)
+            and isinstance(g["rank"], int)
+            and g["rank"] >= 1
+            and _finite(g["alpha"])
+            and g["alpha"] > 0
+            for g in v
+        ),
         "a list of {pattern, rank >= 1, alpha > 0}",
-    ),  # fmt: skip
+    ),
     "lora.taps": (lambda v: all(isinstance(t, str) for t in v), "a list of module patterns"),
     "lora.affinity_chunk": (lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
 }
-# fmt: on
 # Settings that take a number or "auto": an integer, or the word, from a file, a flag or --set.
 AUTO_OR_INT = ("data.workers",)
-NON_NEGATIVE = ("loss.l1", "loss.l2", "loss.charbonnier", "loss.gv", "loss.gv_x", "loss.gv_y", "loss.gv_l", "loss.freq", "loss.freq_alpha",
-                "loss.freq_beta", "recipe.sd_weight", "recipe.sd_margin", "lora.teacher_weight", "lora.affinity_weight",
-                "distill.weight")  # fmt: skip
+NON_NEGATIVE = (
+    "loss.l1",
+    "loss.l2",
+    "loss.charbonnier",
+    "loss.gv",
+    "loss.gv_x",
+    "loss.gv_y",
+    "loss.gv_l",
+    "loss.freq",
+    "loss.freq_alpha",
+    "loss.freq_beta",
+    "recipe.sd_weight",
+    "recipe.sd_margin",
+    "lora.teacher_weight",
+    "lora.affinity_weight",
+    "distill.weight",
+)
 
 
 @dataclass

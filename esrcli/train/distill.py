@@ -64,8 +64,10 @@ class Distillation:
         if cfg.affinity_weight:
             for network, role in ((student, "student"), (self.teacher, "teacher")):
                 if not tapped(network, cfg.taps):
-                    raise TrainingError(f"no module of the {role} ({network.arch}) matches lora.taps {list(cfg.taps)}; "
-                                        "set lora.taps to its layers or lora.affinity_weight = 0")  # fmt: skip
+                    raise TrainingError(
+                        f"no module of the {role} ({network.arch}) matches lora.taps {list(cfg.taps)}; "
+                        "set lora.taps to its layers or lora.affinity_weight = 0"
+                    )
         self._student_taps = taps(student, cfg.taps if cfg.affinity_weight else [])
         self.student_features = self._student_taps.__enter__()  # stays registered for the run
 

@@ -10,8 +10,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 # The corners of the RGB cube and the saturated colours between them: where a channel sits at 0 or 255.
 SATURATED = [(r, g, b) for r in (0, 255) for g in (0, 255) for b in (0, 255)] + [
-    (255, 128, 0), (128, 0, 255), (0, 128, 255), (255, 0, 128), (128, 255, 0), (0, 255, 128), (91, 250, 0),
-]  # fmt: skip
+    (255, 128, 0),
+    (128, 0, 255),
+    (0, 128, 255),
+    (255, 0, 128),
+    (128, 255, 0),
+    (0, 255, 128),
+    (91, 250, 0),
+]
 WORDS = "the quick brown fox jumps over lazy dog SALE 50% OFF Menu File Edit View Help 0123456789 Click OK".split()
 
 
