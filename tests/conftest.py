@@ -1,12 +1,17 @@
-"""Shared fixtures: where ../shared is, and skipping cleanly when it is not."""
+"""Shared fixtures and helpers: where ../shared is (skipping cleanly when it is not), esr run in this
+process or as its own, and test pictures."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/loopback.py
 
@@ -14,6 +19,30 @@ SHARED = Path(os.environ.get("ESR_SHARED", Path(__file__).resolve().parents[2] /
 WEIGHTS = SHARED / "weights"
 BENCHMARK = SHARED / "data" / "benchmark"
 TRAIN_DATA = SHARED / "data" / "train"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """esr in this process (click's runner): fast, and an exception surfaces as itself."""
+    from esrcli.cli import main
+
+    return CliRunner(env=env).invoke(main, list(args), catch_exceptions=False)
+
+
+def run_process(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """esr as a user runs it: its own process, with this environment and `env` on top."""
+    return subprocess.run(
+        [sys.executable, "-m", "esrcli", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout
+    )
+
+
+def photos(folder: Path, count: int, size: int) -> None:
+    """`count` PNG pictures of `size` x `size` in `folder`: smooth gradients with noise, a function of `size`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(size)
+    for i in range(count):
+        y, x = np.mgrid[0:size, 0:size]
+        base = np.stack([x, y, x + y], -1) * 255 / (2 * size)
+        Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)).save(folder / f"p{i}.png")
 
 
 def need(path: Path, what: str) -> Path:

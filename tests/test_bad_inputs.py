@@ -15,17 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from conftest import run_cli as esr
 from PIL import Image
 
 from esrcli.archs import build
-from esrcli.cli import main
 from esrcli.video import FFMPEG
 from esrcli.weights import save_network
-
-
-def esr(*args: str, env: dict[str, str] | None = None):
-    return CliRunner(env=env).invoke(main, list(args), catch_exceptions=False)
 
 
 def refused(result, *phrases: str) -> None:

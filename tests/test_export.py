@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from conftest import BENCHMARK, WEIGHTS, need
+from conftest import run_cli as esr
 from PIL import Image
 
-from esrcli.cli import main
 from esrcli.export import check_card
 from esrcli.imagefile import read_rgb8
 
@@ -28,10 +27,6 @@ ONNX_MODELS = {
     "efdn": "efdn_x4_EFDN_gv.pth",
 }
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX tests need onnxruntime: pip install 'esrcli[onnx]'")
-
-
-def esr(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def weights(name: str) -> Path:

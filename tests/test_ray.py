@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import photos
+from conftest import run_process as esr
 from PIL import Image
 
 from esrcli.video import FFMPEG
@@ -111,20 +113,6 @@ def cluster(tmp_path_factory):
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def esr(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """A real esr process: it connects to the cluster like a user's would, with the token in its environment."""
-    return subprocess.run([sys.executable, "-m", "esrcli", *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
-
-
-def photos(folder: Path, count: int, size: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(size)
-    for i in range(count):
-        y, x = np.mgrid[0:size, 0:size]
-        base = np.stack([x, y, x + y], -1) * 255 / (2 * size)
-        Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)).save(folder / f"p{i}.png")
 
 
 def test_the_cluster_stays_on_loopback(cluster):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_process as esr
 
 from esrcli.archs import build
 from esrcli.archs.blocks import Conv3XC
@@ -29,12 +27,6 @@ SHARED_FILES = {
     "span-slimtail": "span_ch28_slimtail_x4_ntire25_team46.pth",
     "efdn": "efdn_x4_EFDN_gv.pth",
 }
-
-
-def esr(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "esrcli", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300
-    )
 
 
 def test_every_entry_is_pinned():

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from conftest import WEIGHTS, need
+from conftest import WEIGHTS, need, photos, run_cli
 from PIL import Image
 
-from esrcli.cli import main
 from esrcli.imagefile import read_image
 from esrcli.scaling import ScaleError, plan_scale
+
+esr = functools.partial(run_cli, "upscale")  # esr upscale ARGS, in this process
 
 RNG = np.random.default_rng(7)
 
@@ -30,10 +30,6 @@ RNG = np.random.default_rng(7)
 @pytest.fixture
 def model() -> str:
     return str(need(WEIGHTS / "span_tiny_ch26_x4_ntire24_team39.pth", "released weights"))
-
-
-def esr(*args: str):
-    return CliRunner().invoke(main, ["upscale", *args], catch_exceptions=False)
 
 
 def rgb(width: int = 24, height: int = 16) -> np.ndarray:
@@ -333,12 +329,6 @@ def killed_at_exit(proc: subprocess.Popen):
         except ProcessLookupError:
             pass
         proc.wait(timeout=30)
-
-
-def photos(folder: Path, count: int, size: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        Image.fromarray(RNG.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
 
 
 def wait_for(condition, seconds: float = 120.0) -> None:

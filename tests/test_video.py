@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import subprocess
@@ -12,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from conftest import run_cli
 
-from esrcli.cli import main
 from esrcli.video import FFMPEG, parts_dir, probe
+
+esr = functools.partial(run_cli, "video")  # esr video ARGS, in this process
 
 
 def ffmpeg(*args: str) -> None:
@@ -131,10 +133,6 @@ def clips(tmp_path_factory) -> Path:
     (d / "truncated.mkv").write_bytes(whole[: len(whole) // 2])
     (d / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)
     return d
-
-
-def esr(*args: str):
-    return CliRunner().invoke(main, ["video", *args], catch_exceptions=False)
 
 
 def packet_durations(path: Path) -> tuple[Fraction, set[int], int]:
