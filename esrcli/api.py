@@ -26,7 +26,7 @@ from torch import nn
 from .batch import ALPHA_MODES, upscale_picture
 from .denoise import AUTO, DenoiseError, mix, parse_strength
 from .device import resolve_device, resolve_precision, use_fixed_shapes
-from .errors import EsrError
+from .errors import InputError as InputError
 from .imagefile import Picture, picture_from_pil, to_8bit
 from .loading import LoadedModel, load_reference, place
 from .registry import DEFAULT_MODEL, default_registry
@@ -37,10 +37,6 @@ if TYPE_CHECKING:
     from .export import ExportResult
 
 ImageLike = TypeVar("ImageLike", Image.Image, np.ndarray, torch.Tensor)
-
-
-class InputError(EsrError, TypeError):
-    """An image object the API cannot take (its type, dtype or layout)."""
 
 
 class Model:

@@ -14,16 +14,12 @@ from torch import nn
 
 from .degrade import degrade_benchmark, parse_spec
 from .device import memory_format
-from .errors import EsrError
+from .errors import BenchmarkSetError as BenchmarkSetError
 from .estimate import IJG_CHROMA, IJG_LUMA, ijg_table
 from .imagefile import read_rgb8
 from .imresize import bicubic_downscale_uint8, imresize, mod_crop
 from .metrics import psnr, ssim, to_uint8
 from .paths import find_lr, hr_folder, list_images
-
-
-class BenchmarkSetError(EsrError, ValueError):
-    """A benchmark or validation set esr cannot score: missing, empty, or with mismatched LR files."""
 
 
 @dataclass

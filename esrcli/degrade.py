@@ -31,14 +31,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import EsrError
+from .errors import DegradationError as DegradationError
 from .imresize import bicubic_downscale_uint8, imresize
 from .train.config import PRESETS, DegradationConfig
-
-
-class DegradationError(EsrError, ValueError):
-    """A degradation spec or setting that does not parse."""
-
 
 # --- kernels ---------------------------------------------------------------------------------
 

@@ -18,15 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import EsrError
+from .errors import DenoiseError as DenoiseError
 from .estimate import Degradation
 
 AUTO = "auto"
 STEP = 0.05  # auto strengths are rounded to this, so that a batch of files shares a handful of networks
-
-
-class DenoiseError(EsrError, ValueError):
-    """A denoise strength that cannot be used."""
 
 
 def parse_strength(value: object) -> float | str | None:

@@ -10,13 +10,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import EsrError, EsrWarning
+from .errors import DeviceError as DeviceError
+from .errors import EsrWarning
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class DeviceError(EsrError, ValueError):
-    pass
 
 
 def mps_available() -> bool:

@@ -23,34 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write
-from .errors import EsrError
+from .errors import CacheError as CacheError
+from .errors import ChecksumMismatch as ChecksumMismatch
+from .errors import DownloadError as DownloadError
+from .errors import OfflineError as OfflineError
 from .sources import HubSource, PackageSource, Source, UrlSource
 
 _OFFLINE_VARS = ("ESR_OFFLINE", "HF_HUB_OFFLINE")
-
-
-class DownloadError(EsrError):
-    """A source that could not be turned into a usable file; `reason` is the cause without the model
-    name, so that fetch_first can list several failed sources in one line."""
-
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
-        super().__init__(" ".join(str(message).split()))
-        self.reason = " ".join(str(reason).split()) if reason is not None else self.args[0]
-
-    def __reduce__(self) -> tuple[Any, ...]:  # keep `reason` across processes
-        return (self.__class__, (self.args[0],), {"reason": self.reason})
-
-
-class ChecksumMismatch(DownloadError):
-    """The bytes arrived but are not the pinned ones; the bad file is already deleted."""
-
-
-class CacheError(EsrError):
-    """esr's cache folder cannot be made or written."""
-
-
-class OfflineError(DownloadError):
-    """Offline mode forbids the network and the file is not cached."""
 
 
 def cache_dir() -> Path:

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from .archs import SRNet, fused_state_dict
 from .archs.blocks import EvalConv
 from .atomic import atomic_write
-from .errors import EsrError, EsrWarning
+from .errors import EsrWarning
+from .errors import ExportError as ExportError
 from .version import __version__
 from .weights import load_network, network_metadata, save_network, write_safetensors
 
@@ -40,10 +41,6 @@ MIN_PSNR = 50.0
 # spandrel (chaiNNer, ComfyUI) has SPAN; it has no architecture for these.
 SPANDREL_MISSING = {"efdn": "EFDN", "espan": "ESPAN", "spanf": "SPAN-F"}
 ONNX_EXTRA = "pip install 'esrcli[onnx]'"
-
-
-class ExportError(EsrError):
-    """An export that cannot be written, or that would not reproduce esr's output."""
 
 
 @dataclass

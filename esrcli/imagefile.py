@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .atomic import atomic_write
-from .errors import EsrError
+from .errors import ImageError as ImageError
 from .paths import FORMATS, format_for_suffix, writable_suffixes
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -39,15 +39,6 @@ _PIL_GUARD_LOCK = threading.Lock()
 # IFD0 tags of a TIFF that describe the picture (as opposed to its storage layout), kept as EXIF.
 _TIFF_DESCRIPTIVE_TAGS = (269, 270, 271, 272, 274, 282, 283, 296, 305, 306, 315, 33432)
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
-
-
-class ImageError(EsrError):
-    """A file could not be read or written; str() is one line naming the file and the problem."""
-
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
-        self.path = os.fspath(path)
-        self.problem = " ".join(str(problem).split())
-        super().__init__(f"{self.path}: {self.problem}")
 
 
 @dataclass

@@ -22,7 +22,6 @@ from .archs.span import SPAB
 from .device import memory_format
 from .download import ChecksumMismatch, DownloadError, OfflineError, fetch, fetch_first, manual_download_advice, sha256_file
 from .registry import ModelEntry, Registry, RegistryError, Weights, default_registry, embedded_source, fused_cache_path
-from .scaling import ScalePlan, plan_scale
 from .sources import HubSource
 from .weights import WEIGHT_SUFFIXES, WeightsError, load_network, network_from_state_dict, read_state_dict, save_network
 
@@ -246,22 +245,6 @@ def load_reference(
         loaded = LoadedModel(entry.name, network, source=str(path))
     loaded.network = place(loaded.network, device, dtype)
     return loaded
-
-
-def load_for_scale(
-    ref: str, scale: float | None, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True
-) -> tuple[ScalePlan, dict[int, LoadedModel]]:
-    """The plan that reaches `scale` (default: the model's own) and the variants it runs, by scale.
-
-    A registry model offers every scale it has weights for; a file or run folder its one scale."""
-    registry = default_registry()
-    if ref in registry.entries:
-        entry = registry.get(ref)
-        plan = plan_scale(entry.scales, entry.default_scale if scale is None else scale)
-        loaded = {s: load_reference(ref, scale=s, device=device, dtype=dtype, progress=progress) for s in plan.scales}
-        return plan, loaded
-    model = load_reference(ref, device=device, dtype=dtype, progress=progress)
-    return plan_scale([model.scale], model.scale if scale is None else scale), {model.scale: model}
 
 
 def place(network: SRNet, device: torch.device | str, dtype: torch.dtype) -> SRNet:

@@ -19,12 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .archs.blocks import Reparameterizable
-from .errors import EsrError
+from .errors import LoRAError as LoRAError
 from .train.config import DSCLORA_GROUPS as DEFAULT_GROUPS
-
-
-class LoRAError(EsrError, ValueError):
-    """Adapters that cannot be placed on (or merged into) a network."""
 
 
 class ConvLoRA(Reparameterizable):

@@ -8,12 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import EsrError
-
-
-class OutputNameError(EsrError, ValueError):
-    """User text that would carry an output out of the folder the user chose."""
-
+from .errors import OutputNameError as OutputNameError
 
 # Formats esr writes, by --format name, with the suffix a new file gets.
 FORMATS: dict[str, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}

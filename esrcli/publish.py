@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .atomic import atomic_write
 from .download import sha256_file
-from .errors import EsrError
+from .errors import PublishError as PublishError
 from .export import ExportSource
 from .version import __version__
 
@@ -32,10 +32,6 @@ HUB_LICENCES = {
     "bsd-3-clause": "bsd-3-clause",
 }
 ARCH_TITLES = {"span": "SPAN", "espan": "ESPAN", "spanf": "SPAN-F", "efdn": "EFDN"}
-
-
-class PublishError(EsrError):
-    """A push that the Hub refused or that could not reach it."""
 
 
 @dataclass

@@ -24,15 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from .batch import Outcome, Settings, Task, process
+from .errors import ClusterError as ClusterError
 from .errors import EsrError
 from .tiling import TilePlan
 from .video import SegmentWork, VideoError, VideoJob, VideoResult, encode_span, finish_video, missing_runs, prepare_video, resume_hint
 
 MAX_ATTEMPTS = 3  # a task whose worker died this many times is reported as failed
-
-
-class ClusterError(EsrError):
-    """Ray is missing, the cluster cannot be reached, or its workers cannot do the work."""
 
 
 @dataclass(frozen=True)

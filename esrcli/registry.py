@@ -15,15 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from .download import cache_dir
-from .errors import EsrError
+from .errors import RegistryError as RegistryError
 from .sources import HubSource, PackageSource, Source, UrlSource
 
 DEFAULT_MODEL = "esr-tiny"
 """The model used when none is named: trained by `esr train`, shipped in the package, works offline."""
-
-
-class RegistryError(EsrError, ValueError):
-    """An unknown model name, a missing scale or a malformed models.toml."""
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,8 @@ from typing import Any
 from torch import nn
 
 from .archs import SRNet, build, detect, fused_state_dict
-from .errors import EsrError
+from .errors import RunError as RunError
 from .train.config import CHECKPOINT, TrainConfig
-
-
-class RunError(EsrError, ValueError):
-    """A folder that is not a usable training run."""
 
 
 def student_depth(cfg: TrainConfig) -> int | None:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .denoise import snap, strength_for
-from .errors import EsrError
+from .errors import ScaleError as ScaleError
 from .estimate import measure
 from .tiling import HostCopy, TilePlan, Upscaler
 
@@ -29,10 +29,6 @@ MAX_SCALE = 16
 MAX_RESAMPLE_UP = 2.0
 
 RESAMPLERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC}
-
-
-class ScaleError(EsrError, ValueError):
-    """A scale factor no plan can reach."""
 
 
 def format_scale(scale: float) -> str:

@@ -10,13 +10,9 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EsrError
+from .errors import BadReference as BadReference
 
 HF_FORM = "hf://owner/repo/path/to/file[@revision]"
-
-
-class BadReference(EsrError, ValueError):
-    """A model reference that does not parse, such as hf://owner."""
 
 
 def _pin(value: str | None, required: bool) -> str | None:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .device import memory_format
-from .errors import EsrError
+from .errors import TilingError as TilingError
 
 OutOfMemory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -66,10 +66,6 @@ class TilePlan:
 # Below this core size (or the overlap, if larger) the context computed around each tile dominates:
 # a tile of t pixels with overlap o costs ((t + 2o) / t)^2 times its share, 9x at t = o.
 MIN_TILE = 32
-
-
-class TilingError(EsrError, ValueError):
-    """Tile, overlap or batch settings that cannot work or would only waste time."""
 
 
 def check_tiling(tile: int | None, overlap: int | None, batch: int | None) -> None:

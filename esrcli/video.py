@@ -32,16 +32,12 @@ import numpy as np
 
 from .atomic import atomic_write
 from .engine import Stages, run_stages
-from .errors import EsrError
+from .errors import VideoError as VideoError
 from .scaling import Pipeline, target_size
 from .tiling import HostCopy
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 CHROMA_SUBSAMPLED = re.compile(r"^(yuv|yuvj|nv)(420|422|411|410|12|16|21)")
-
-
-class VideoError(EsrError):
-    """A video that cannot be processed; the message is one line naming the file."""
 
 
 @dataclass

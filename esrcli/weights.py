@@ -19,14 +19,10 @@ from torch import Tensor
 from .archs import SRNet, UnknownArchitecture, build, detect, fuse_model
 from .archs.blocks import Reparameterizable
 from .atomic import atomic_write
-from .errors import EsrError
+from .errors import WeightsError as WeightsError
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
-
-
-class WeightsError(EsrError, ValueError):
-    """A weight file that cannot be used; the message is one line naming the file."""
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:

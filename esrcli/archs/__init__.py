@@ -7,17 +7,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..errors import EsrError
+from ..errors import UnknownArchitecture as UnknownArchitecture
 from .base import SRNet
 from .blocks import Reparameterizable
 from .efdn import EFDN
 from .span import ESPAN, SPAN, SPANF
 
 ARCHITECTURES: dict[str, type[SRNet]] = {cls.arch: cls for cls in (SPAN, ESPAN, SPANF, EFDN)}
-
-
-class UnknownArchitecture(EsrError, ValueError):
-    pass
 
 
 def build(arch: str, form: str = "fused", **config: Any) -> SRNet:

@@ -14,7 +14,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..errors import EsrError
+from ..errors import NoSuchVariant as NoSuchVariant
+from ..errors import SpeedError as SpeedError
 from .common import FINITE_SECONDS, denoise_option, device_options, model_option, open_model, print_json, stderr, stdout
 
 
@@ -142,14 +143,6 @@ class BenchModel:
     def __init__(self, name: str, network, scale: int, network_for=None) -> None:
         self.name, self.network, self.scale = name, network, scale
         self.network_for = network_for  # under --denoise auto: the network for one LR image
-
-
-class NoSuchVariant(EsrError):
-    pass
-
-
-class SpeedError(EsrError):
-    pass
 
 
 def open_bench_model(

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import EsrError
+from ..errors import ConfigError as ConfigError
+from ..errors import TrainingError as TrainingError
 
 # The files of a run folder.
 CHECKPOINT = "checkpoint.pt"
@@ -279,14 +280,6 @@ SECTIONS = {
     "lora": LoraConfig,
     "distill": DistillConfig,
 }
-
-
-class ConfigError(EsrError, ValueError):
-    pass
-
-
-class TrainingError(EsrError, RuntimeError):
-    """A run that cannot start or go on: its settings, data, networks or checkpoint."""
 
 
 def _finite(v: Any) -> bool:

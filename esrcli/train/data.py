@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..degrade import Degrader
-from ..errors import EsrError
+from ..errors import TrainingDataError as TrainingDataError
 from ..imagefile import read_rgb8
 from ..imresize import imresize
 from ..paths import find_lr, list_images
@@ -40,10 +40,6 @@ SAMPLE_MS_CROP = 208
 # assumption, not a measurement (they take milliseconds a step there), kept low so that the warning is sure.
 ACCELERATOR_STEPS_PER_S = 10.0
 MARGIN = 2  # LR pixels of context resized with each crop, then cut away: MATLAB's border handling stays out of the patch
-
-
-class TrainingDataError(EsrError, ValueError):
-    """Training data that cannot be used: a missing folder, no images, none as large as a patch."""
 
 
 @dataclass
