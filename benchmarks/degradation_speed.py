@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from esrcli.degrade import Degrader
-from esrcli.train.config import DegradationConfig
+from esrcli.degrade_config import DegradationConfig
 from esrcli.train.data import PatchDataset, load_sources
 
 SCALE, LR_PATCH, BATCH = 4, 48, 16

@@ -64,8 +64,8 @@ def main() -> None:
     parser.add_argument("-s", "--scale", type=int, default=4)
     args = parser.parse_args()
     entry, s = default_registry().get(args.model), args.scale
-    base = load_reference(args.model, scale=s, progress=False).network.eval()
-    partner = load_reference(entry.robust, scale=s, progress=False).network.eval()
+    base = load_reference(args.model, native=s, progress=False).network.eval()
+    partner = load_reference(entry.robust, native=s, progress=False).network.eval()
     networks = {t: mix(base, partner, t).eval() for t in STRENGTHS}
     images = photos(args.shared, args.images)
     print(f"{args.model} + {entry.robust}, x{s}, {len(images)} training crops of {CROP}x{CROP}; Y PSNR per strength")

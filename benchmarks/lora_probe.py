@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from esrcli.loading import load_reference
 from esrcli.lora import affinity_loss, taps
-from esrcli.train.config import LoraConfig
+from esrcli.runconfig import LoraConfig
 from esrcli.train.data import PatchDataset, load_sources
 
 

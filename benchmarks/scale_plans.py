@@ -40,7 +40,7 @@ def main() -> None:
     entry = default_registry().get(args.model)
     upscalers = {}
     for s in entry.scales:
-        network = load_reference(args.model, scale=s).network
+        network = load_reference(args.model, native=s).network
         upscalers[s] = Upscaler(network, s, TilePlan(256, default_overlap(network), 1))
     chosen = plan_scale(entry.scales, args.scale)
     chains = [tuple(int(s) for s in c.split(",")) for c in args.chain] or sorted(

@@ -29,7 +29,8 @@ from .device import resolve_device, resolve_precision, use_fixed_shapes
 from .errors import InputError as InputError
 from .imagefile import Picture, picture_from_pil, to_8bit
 from .loading import LoadedModel, load_reference, place
-from .registry import DEFAULT_MODEL, default_registry
+from .refs import ModelRef
+from .registry import DEFAULT_MODEL
 from .scaling import Pipeline, plan_scale
 from .tiling import TilePlan, Upscaler, auto_plan, check_tiling, default_overlap
 
@@ -56,27 +57,28 @@ class Model:
         progress: bool = False,
     ) -> None:
         self.ref = ref
+        self.model_ref = ModelRef.parse(ref)  # what `ref` names, decided once
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self._progress = progress
         self._variants: dict[tuple[int, float], LoadedModel] = {}
         self._fp32: dict[tuple[int, float], nn.Module] = {}
         use_fixed_shapes(self.device)
-        registry = default_registry()
         # --denoise: mixing with the registry's robust partner; "auto" (from each input) where there is one
-        self.partner = registry.get(ref).robust if ref in registry.entries else ""
+        self.partner_ref = self.model_ref.partner()
+        self.partner = self.partner_ref.name if self.partner_ref else ""
         strength = parse_strength(denoise)
         if strength not in (None, 0.0) and not self.partner:
             raise DenoiseError(f"{ref}: --denoise needs a model with a robust partner to mix with (models.toml robust; esr-tiny has one)")
         self.denoise: float | str = (AUTO if self.partner else 0.0) if strength is None else strength
-        self.native: list[int] = registry.get(ref).scales if ref in registry.entries else []
+        self.native: list[int] = list(self.model_ref.scales)
         first = self._variant(plan_scale(self.native, scale).passes[0] if self.native and scale is not None else None)
         if not self.native:
             self.native = [first.scale]
         self.name = first.name
         self.arch = first.arch
         self.source = first.source  # the weight file read (a registry variant's names its SHA-256)
-        self.scale: float = first.scale if scale is None else scale
+        self.scale: float = first.scale if scale is None else scale  # the factor `upscale` gives by default
         plan_scale(self.native, self.scale)  # an unreachable scale fails here, not at the first image
         self.network: nn.Module = first.network
         self._pipelines: dict[tuple, Pipeline] = {}
@@ -89,7 +91,7 @@ class Model:
         return sum(p.numel() for p in self.network.parameters())
 
     def partner_scales(self) -> list[int]:
-        return default_registry().get(self.partner).scales if self.partner else []
+        return self.partner_ref.scales if self.partner_ref else []
 
     def _variant(self, scale: int | None, strength: float = 0.0) -> LoadedModel:
         """The network of one native scale (mixed with the robust partner's by `strength`), made once. In
@@ -101,11 +103,13 @@ class Model:
             base = self._variant(scale)
             if base.scale not in self.partner_scales():
                 raise DenoiseError(f"{self.ref} x{base.scale}: its robust partner {self.partner} has no x{base.scale} weights to mix with")
-            partner = load_reference(self.partner, scale=base.scale, device=self.device, dtype=torch.float32, progress=self._progress)
+            partner = load_reference(self.partner_ref, native=base.scale, device=self.device, progress=self._progress)
             fp32 = self._fp32.get((base.scale, 0.0), base.network)
-            loaded = LoadedModel(base.name, mix(fp32, partner.network, strength).eval(), source=base.source)
+            loaded = replace(base, network=mix(fp32, partner.network, strength).eval())
         else:
-            loaded = load_reference(self.ref, scale=scale, device=self.device, dtype=torch.float32, progress=self._progress)
+            loaded = load_reference(self.model_ref, native=scale, device=self.device, progress=self._progress)
+        if not type(loaded.network).half:  # the architecture says it cannot run in half precision
+            self.dtype = torch.float32
         if self.dtype != torch.float32:
             self._fp32[(loaded.scale, strength)] = loaded.network
             loaded.network = place(copy.deepcopy(loaded.network), self.device, self.dtype)
@@ -229,9 +233,9 @@ class Model:
         with a fixed `denoise` strength exports that mix; under "auto" (per input) the model as it is."""
         from .export import open_source
 
-        native = self.network.scale if self.ref in default_registry().entries else None
+        native = self.network.scale if self.model_ref.kind == "registry" else None
         denoise = 0.0 if self.denoise == AUTO else float(self.denoise)  # a fixed strength is baked in; auto is per input
-        source = open_source(self.ref, scale=native, denoise=denoise, progress=self._progress)
+        source = open_source(self.model_ref, native=native, denoise=denoise, progress=self._progress)
         picture = None if check_image is None else ("check image", np.ascontiguousarray(check_image[..., :3].astype(np.uint8)))
         return source.export(path, fmt=format, fp16=fp16, overwrite=overwrite, check_image=picture)
 

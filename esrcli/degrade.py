@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .degrade_config import PRESETS, DegradationConfig
 from .errors import DegradationError as DegradationError
 from .imresize import bicubic_downscale_uint8, imresize
-from .train.config import PRESETS, DegradationConfig
 
 # --- kernels ---------------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import socket
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write
+from .cache import cache_dir as cache_dir
+from .cache import cache_path
 from .errors import CacheError as CacheError
 from .errors import ChecksumMismatch as ChecksumMismatch
 from .errors import DownloadError as DownloadError
@@ -30,24 +31,6 @@ from .errors import OfflineError as OfflineError
 from .sources import HubSource, PackageSource, Source, UrlSource
 
 _OFFLINE_VARS = ("ESR_OFFLINE", "HF_HUB_OFFLINE")
-
-
-def cache_dir() -> Path:
-    """Where esr keeps downloads: ESR_CACHE, else the platform's cache folder."""
-    if os.environ.get("ESR_CACHE"):
-        root = Path(os.environ["ESR_CACHE"]).expanduser()
-    elif sys.platform == "darwin":
-        root = Path.home() / "Library" / "Caches" / "esr"
-    elif sys.platform == "win32":
-        root = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "esr" / "Cache"
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        root = (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / "esr"  # XDG: relative values are ignored
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CacheError(f"{root}: cannot use this cache folder ({exc.strerror or exc}); set ESR_CACHE to a writable folder") from None
-    return root
 
 
 def _offline_var() -> str | None:
@@ -68,7 +51,7 @@ def sha256_file(path: Path) -> str:
 
 
 def _sidecar(sha: str) -> Path:
-    return cache_dir() / "verified" / f"{sha}.json"
+    return cache_path("verified", f"{sha}.json")
 
 
 def _stamp(path: Path) -> dict[str, Any]:
@@ -169,8 +152,8 @@ def _bar(label: str, total: int | None, done: int, enabled: bool) -> Iterator[Ca
 
 def _url_paths(src: UrlSource) -> tuple[Path, Path]:
     """(final, partial) in esr's cache, keyed by the pin so two models sharing a file name never collide."""
-    folder = cache_dir() / "downloads" / src.sha256[:16]
-    return folder / src.filename, folder / f"{src.filename}.part"
+    final = cache_path("downloads", src.sha256[:16], src.filename)
+    return final, final.with_name(f"{src.filename}.part")
 
 
 def _fetch_url(src: UrlSource, *, name: str, progress: bool) -> Path:

@@ -77,26 +77,29 @@ class _Backlog:
             self.changed.wait_for(lambda: self.bytes < limit)
 
 
-def run_stages(source: Iterable[Item], stages: Stages[Item, Result], *, on_computed: Callable[[int], None] | None = None) -> int:
-    """Every item of `source` through compute and sink; returns how many were computed.
+class _Pipeline(Generic[Item, Result]):
+    """The queues and flags one run_stages call shares between its reader, compute and writer stages."""
 
-    `on_computed(n)` is called in the calling thread after each compute call with the count so far."""
-    loaded: queue.Queue = queue.Queue(maxsize=max(1, stages.read_ahead))
-    results: queue.Queue = queue.Queue(maxsize=max(1, stages.write_behind))
-    stop = threading.Event()
-    backlog = _Backlog()
-    writer_failed: list[BaseException] = []
+    def __init__(self, source: Iterable[Item], stages: Stages[Item, Result]) -> None:
+        self.source, self.stages = source, stages
+        self.loaded: queue.Queue = queue.Queue(maxsize=max(1, stages.read_ahead))
+        self.results: queue.Queue = queue.Queue(maxsize=max(1, stages.write_behind))
+        self.stop = threading.Event()
+        self.backlog = _Backlog()
+        self.writer_failed: list[BaseException] = []
+        self.reader_done = False  # the reader's last word (_END, _STOPPED or _Raised) was taken from `loaded`
 
-    def read() -> None:
-        iterator: Iterator[Item] = iter(source)
+    def read(self) -> None:
+        """The reader thread: items into `loaded` until the source ends or the run stops, then a last word."""
+        iterator: Iterator[Item] = iter(self.source)
         last: object = _END
         try:
-            while not stop.is_set():
+            while not self.stop.is_set():
                 try:
                     item = next(iterator)
                 except StopIteration:
                     break
-                loaded.put(item)
+                self.loaded.put(item)
             else:
                 last = _STOPPED
         except BaseException as exc:  # noqa: BLE001 - raised in the calling thread
@@ -105,79 +108,118 @@ def run_stages(source: Iterable[Item], stages: Stages[Item, Result], *, on_compu
             close = getattr(iterator, "close", None)
             if close is not None:  # a generator's own cleanup (a decoder it started) runs now
                 close()
-            loaded.put(last)  # always a last word, so the calling thread never waits in vain
+            self.loaded.put(last)  # always a last word, so the calling thread never waits in vain
 
-    def write() -> None:
+    def write(self) -> None:
+        """The writer thread: each result to the sink in order, then finish(); a failure stops the run."""
         try:
-            while (entry := results.get()) is not _END:
+            while (entry := self.results.get()) is not _END:
                 if entry is _ABORT:
                     return
                 result, size = entry
                 try:
-                    stages.sink(result)
+                    self.stages.sink(result)
                 finally:
-                    backlog.done(size)
-            if stages.finish:
-                stages.finish()
+                    self.backlog.done(size)
+            if self.stages.finish:
+                self.stages.finish()
         except BaseException as exc:  # noqa: BLE001 - raised in the calling thread
-            writer_failed.append(exc)
-            stop.set()
-            while (entry := results.get()) is not _END and entry is not _ABORT:  # never leave the calling thread blocked
-                backlog.done(entry[1])
+            self.writer_failed.append(exc)
+            self.stop.set()
+            while (entry := self.results.get()) is not _END and entry is not _ABORT:  # never leave the calling thread blocked
+                self.backlog.done(entry[1])
 
-    reader = threading.Thread(target=read, name="esr-reader", daemon=True)
-    writer = threading.Thread(target=write, name="esr-writer", daemon=True)
-    reader.start()
-    writer.start()
-    reader_done = False
-    computed = 0
-    try:
-        while not reader_done:
-            items: list[Item] = []
-            while len(items) < stages.batch:  # what is ready, waiting only for the first
-                try:
-                    entry = loaded.get() if not items else loaded.get_nowait()
-                except queue.Empty:
-                    break
-                if entry is _END or entry is _STOPPED or isinstance(entry, _Raised):
-                    reader_done = True
-                    if isinstance(entry, _Raised):
-                        raise entry.exc
-                    break
-                items.append(entry)
-            if writer_failed:
-                raise writer_failed[0]
+    def compute_all(self, on_computed: Callable[[int], None] | None) -> int:
+        """The calling thread's stage: batches of what the reader has ready through compute, to the writer."""
+        computed = 0
+        while not self.reader_done:
+            items = self._ready_items()
+            self._raise_if_writer_failed()
             if not items:
                 continue
-            backlog.wait_below(stages.budget)
-            if writer_failed:
-                raise writer_failed[0]
-            outputs = stages.compute(items)
+            self.backlog.wait_below(self.stages.budget)
+            self._raise_if_writer_failed()
+            outputs = self.stages.compute(items)
             computed += len(items)
-            for output in outputs:
-                size = stages.weigh(output) if stages.weigh else 0
-                backlog.add(size)
-                results.put((output, size))
+            self._to_writer(outputs)
             if on_computed:
                 on_computed(computed)
-        results.put(_END)
+        return computed
+
+    def _ready_items(self) -> list[Item]:
+        """Up to `batch` items, waiting only for the first; the reader's last word ends the reading (its exception is raised)."""
+        items: list[Item] = []
+        while len(items) < self.stages.batch:
+            try:
+                entry = self.loaded.get() if not items else self.loaded.get_nowait()
+            except queue.Empty:
+                break
+            if _is_last_word(entry):
+                self.reader_done = True
+                if isinstance(entry, _Raised):
+                    raise entry.exc
+                break
+            items.append(entry)
+        return items
+
+    def _to_writer(self, outputs: list[Result]) -> None:
+        """Queue each result for the writer, its weight counted in the backlog first."""
+        for output in outputs:
+            size = self.stages.weigh(output) if self.stages.weigh else 0
+            self.backlog.add(size)
+            self.results.put((output, size))
+
+    def _raise_if_writer_failed(self) -> None:
+        """The writer's failure, raised in the calling thread."""
+        if self.writer_failed:
+            raise self.writer_failed[0]
+
+    def finish_writing(self, writer: threading.Thread) -> None:
+        """After the last compute: let the writer write the rest and finish, and raise what it raised."""
+        self.results.put(_END)
         writer.join()
-        if writer_failed:
-            raise writer_failed[0]
-    except BaseException:
-        stop.set()
-        if stages.cancel:
-            stages.cancel()
-        _stop_writer(results, writer)
-        if stages.abort:
-            stages.abort()
+        self._raise_if_writer_failed()
+
+    def fail(self, writer: threading.Thread) -> None:
+        """After a failure in the calling thread: stop reading, drop what is not written, then abort."""
+        self.stop.set()
+        if self.stages.cancel:
+            self.stages.cancel()
+        _stop_writer(self.results, writer)
+        if self.stages.abort:
+            self.stages.abort()
+
+    def end_reading(self, reader: threading.Thread) -> None:
+        """Stop the reader, let one blocked on a full queue finish, and wait for its last word and its end."""
+        self.stop.set()
+        while not self.reader_done:
+            self.reader_done = _is_last_word(self.loaded.get())
+        reader.join()
+
+
+def _is_last_word(entry: object) -> bool:
+    """Whether `entry` is the reader's last put: the source's end, an early stop, or its exception."""
+    return entry is _END or entry is _STOPPED or isinstance(entry, _Raised)
+
+
+def run_stages(source: Iterable[Item], stages: Stages[Item, Result], *, on_computed: Callable[[int], None] | None = None) -> int:
+    """Every item of `source` through compute and sink; returns how many were computed.
+
+    `on_computed(n)` is called in the calling thread after each compute call with the count so far.
+    The failure protocol is the module docstring's: whatever fails, every stage stops before this returns."""
+    pipeline: _Pipeline[Item, Result] = _Pipeline(source, stages)
+    reader = threading.Thread(target=pipeline.read, name="esr-reader", daemon=True)
+    writer = threading.Thread(target=pipeline.write, name="esr-writer", daemon=True)
+    reader.start()
+    writer.start()
+    try:
+        computed = pipeline.compute_all(on_computed)
+        pipeline.finish_writing(writer)
+    except BaseException:  # an interrupt included
+        pipeline.fail(writer)
         raise
     finally:
-        stop.set()
-        while not reader_done:  # let a reader blocked on a full queue finish, and wait for its last word
-            entry = loaded.get()
-            reader_done = entry is _END or entry is _STOPPED or isinstance(entry, _Raised)
-        reader.join()
+        pipeline.end_reading(reader)
     return computed
 
 

@@ -26,7 +26,7 @@ class InputError(EsrError, TypeError):
     """An image object the API cannot take (its type, dtype or layout)."""
 
 
-# --- raised in archs/__init__.py ------------------------------------------------------------------
+# --- raised in archs/ -----------------------------------------------------------------------------
 
 
 class UnknownArchitecture(EsrError, ValueError):
@@ -106,7 +106,7 @@ class ExportError(EsrError):
     """An export that cannot be written, or that would not reproduce esr's output."""
 
 
-# --- raised in imagefile.py -----------------------------------------------------------------------
+# --- raised in imagefile/ -----------------------------------------------------------------------
 
 
 class ImageError(EsrError):
@@ -181,7 +181,7 @@ class TilingError(EsrError, ValueError):
     """Tile, overlap or batch settings that cannot work or would only waste time."""
 
 
-# --- raised in train/config.py --------------------------------------------------------------------
+# --- raised in runconfig.py ----------------------------------------------------------------------
 
 
 class ConfigError(EsrError, ValueError):
@@ -199,7 +199,7 @@ class TrainingDataError(EsrError, ValueError):
     """Training data that cannot be used: a missing folder, no images, none as large as a patch."""
 
 
-# --- raised in video.py ---------------------------------------------------------------------------
+# --- raised in video/ ---------------------------------------------------------------------------
 
 
 class VideoError(EsrError):

@@ -24,22 +24,19 @@ from .archs.blocks import EvalConv
 from .atomic import atomic_write
 from .errors import EsrWarning
 from .errors import ExportError as ExportError
+from .export_formats import EXPORT_FORMATS
 from .version import __version__
 from .weights import load_network, network_metadata, save_network, write_safetensors
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from .refs import ModelRef
 
-FORMATS = ("safetensors", "onnx", "spandrel")
-SUFFIX_FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pth": "spandrel", ".pt": "spandrel"}
 ONNX_OPSET = 18
 # An export must give esr's 8-bit output to within this many levels, at this PSNR or better. A
 # half-precision export is held to the PSNR only: fp16 rounding moves a few pixels by a few levels
 # wherever SPAN's activations are large, in esr's own fp16 too (README, "Using esr models elsewhere").
 MAX_LEVELS = 2
 MIN_PSNR = 50.0
-# spandrel (chaiNNer, ComfyUI) has SPAN; it has no architecture for these.
-SPANDREL_MISSING = {"efdn": "EFDN", "espan": "ESPAN", "spanf": "SPAN-F"}
 ONNX_EXTRA = "pip install 'esrcli[onnx]'"
 
 
@@ -88,10 +85,10 @@ def format_for(out: Path, fmt: str | None) -> str:
     """The format asked for, or the one the output's suffix names."""
     if fmt:
         return fmt
-    try:
-        return SUFFIX_FORMATS[out.suffix.lower()]
-    except KeyError:
-        raise ExportError(f"{out}: name the file .safetensors (esr), .onnx or .pth (spandrel), or pass --format") from None
+    chosen = next((f.name for f in EXPORT_FORMATS.values() if out.suffix.lower() in f.implied_by), None)
+    if chosen is None:
+        raise ExportError(f"{out}: name the file .safetensors (esr), .onnx or .pth (spandrel), or pass --format")
+    return chosen
 
 
 @dataclass
@@ -111,73 +108,55 @@ class ExportSource:
         return export_network(self.network, out, metadata=self.metadata, protected=self.inputs, name=self.name, **options)
 
 
-STRUCTURAL_KEYS = ("esr.arch", "esr.config", "esr.form", "esr.scale")
-
-
 def open_source(
-    ref: str, *, scale: int | None = None, use_ema: bool = True, strength: float = 1.0, denoise: float = 0.0, progress: bool = True
+    ref: str | ModelRef,
+    *,
+    native: int | None = None,
+    use_ema: bool = True,
+    strength: float = 1.0,
+    denoise: float = 0.0,
+    progress: bool = True,
 ) -> ExportSource:
     """Anything -m accepts, fused; `use_ema` and `strength` choose a run folder's weights; `denoise` bakes a
     registry model's mix with its robust partner into the file (esrcli.denoise)."""
-    if denoise:
-        return _denoised_source(ref, scale=scale, denoise=denoise, progress=progress)
-    from .loading import is_file_reference, load_reference
-    from .registry import default_registry
+    from .loading import load_reference
+    from .refs import ModelRef
 
-    registry = default_registry()
-    run_dir = Path(ref)
-    if ref not in registry.entries and run_dir.is_dir():
-        from .runs import network_from_run
-        from .train.config import CHECKPOINT, CONFIG, METRICS
-
-        network, cfg, step = network_from_run(run_dir, use_ema=use_ema, strength=strength)
-        metadata = {"esr.trained_steps": str(step), "esr.train_config": cfg.to_toml(), "esr.weights": "ema" if use_ema else "raw"}
-        if strength != 1.0:
-            metadata["esr.lora_strength"] = repr(strength)
-        inputs = tuple(run_dir / n for n in (CHECKPOINT, CONFIG, METRICS))
-        return ExportSource(run_dir.resolve().name, network, metadata, inputs)
-    if not use_ema or strength != 1.0:
-        raise ExportError(f"{ref}: --raw and --strength choose a training run's weights; this is not a run folder")
-    loaded = load_reference(ref, scale=scale, progress=progress, registry=registry)
+    model = ModelRef.parse(ref)
+    if model.kind != "run" and (not use_ema or strength != 1.0):
+        raise ExportError(f"{model.text}: --raw and --strength choose a training run's weights; this is not a run folder")
+    loaded = load_reference(model, native=native, progress=progress, use_ema=use_ema, lora_strength=strength)
     network = loaded.network
-    if ref in registry.entries:
-        entry = registry.get(ref)
-        weights = entry.variant(network.scale)
-        metadata = {"esr.model": entry.name, "esr.sha256": weights.sha256, "esr.licence": entry.licence}
-        cached = (Path(loaded.source),)  # the fused cache file, or the package's own for embedded models
-        return ExportSource(entry.name, network, metadata, cached, licence=entry.licence, paper=entry.paper, title=entry.title)
-    if scale is not None and scale != network.scale:
-        raise ExportError(f"{ref}: a x{network.scale} model; -s picks among a registry model's scales")
-    released = _clamped_release(network, registry)
-    if ref.startswith("hf://"):
-        return ExportSource(Path(ref.split("@")[0]).stem, network, {"esr.source": ref, **released})
-    path = Path(ref)
-    metadata = {}
-    if is_file_reference(ref) and path.suffix == ".safetensors":  # carry what an earlier export recorded
-        from .weights import read_state_dict
-
-        metadata = {k: v for k, v in read_state_dict(path)[1].items() if k.startswith("esr.") and k not in STRUCTURAL_KEYS}
-    metadata = {**released, **metadata}
-    return ExportSource(path.stem, network, metadata, inputs=(path,), licence=metadata.get("esr.licence", ""))
+    if native is not None and model.kind != "registry" and native != network.scale:
+        raise ExportError(f"{model.text}: a x{network.scale} model; -s picks among a registry model's scales")
+    name = {"registry": model.name, "run": model.name, "hub": Path(model.text.split("@")[0]).stem}.get(model.kind, model.path.stem)
+    entry = model.entry
+    source = ExportSource(
+        name,
+        network,
+        dict(loaded.provenance),
+        loaded.inputs,
+        licence=entry.licence if entry else loaded.provenance.get("esr.licence", "") if model.kind == "file" else "",
+        paper=entry.paper if entry else "",
+        title=entry.title if entry else "",
+    )
+    return _denoised(source, model, denoise, progress) if denoise else source
 
 
-def _denoised_source(ref: str, *, scale: int | None, denoise: float, progress: bool) -> ExportSource:
+def _denoised(source: ExportSource, model: ModelRef, denoise: float, progress: bool) -> ExportSource:
     """The model mixed with its robust partner as `esr upscale --denoise` mixes it (esrcli.denoise.mix)."""
     from .denoise import DenoiseError, mix
     from .loading import load_reference
-    from .registry import default_registry
 
-    registry = default_registry()
-    partner = registry.get(ref).robust if ref in registry.entries else ""
-    if not partner:
-        raise DenoiseError(f"{ref}: --denoise needs a model with a robust partner to mix with (models.toml robust)")
-    source = open_source(ref, scale=scale, progress=progress)
-    if source.network.scale not in registry.get(partner).scales:
+    partner = model.partner()
+    if partner is None:
+        raise DenoiseError(f"{model.text}: --denoise needs a model with a robust partner to mix with (models.toml robust)")
+    if source.network.scale not in partner.scales:
         raise DenoiseError(
-            f"{ref} x{source.network.scale}: its robust partner {partner} has no x{source.network.scale} weights to mix with"
+            f"{model.text} x{source.network.scale}: its robust partner {partner.name} has no x{source.network.scale} weights to mix with"
         )
-    other = load_reference(partner, scale=source.network.scale, progress=progress, registry=registry).network
-    metadata = {**source.metadata, "esr.denoise": f"{denoise:g}", "esr.robust": partner}
+    other = load_reference(partner, native=source.network.scale, progress=progress).network
+    metadata = {**source.metadata, "esr.denoise": f"{denoise:g}", "esr.robust": partner.name}
     return ExportSource(
         f"{source.name}-denoise{denoise:g}",
         mix(source.network, other, denoise).eval(),
@@ -187,13 +166,6 @@ def _denoised_source(ref: str, *, scale: int | None, denoise: float, progress: b
         paper=source.paper,
         title=source.title,
     )
-
-
-def _clamped_release(network: SRNet, registry: Registry) -> dict[str, str]:
-    """A release file esr clamps (a registry pin's SHA-256) names its model in its exports, so that esr clamps them too."""
-    sha256 = getattr(network, "feature_clamp_sha256", None)
-    entry = next((e for e in registry if sha256 in {w.sha256 for w in e.weights}), None) if sha256 else None
-    return {"esr.model": entry.name, "esr.sha256": sha256, "esr.licence": entry.licence} if entry else {}
 
 
 # --- the reference image ---------------------------------------------------------------------
@@ -330,6 +302,7 @@ def onnx_session(path: Path, providers: list[str] | None = None):
 
 
 def check_onnx(path: Path, network: SRNet, images: list[tuple[str, np.ndarray]], fp16: bool) -> list[Agreement]:
+    """Run the file in onnxruntime on `images` and compare with esr's output."""
     session = onnx_session(path)
     results = []
     for name, pixels in images:
@@ -351,8 +324,8 @@ def spandrel_state_dict(network: SRNet, source: str = "model") -> dict[str, Tens
     The first 1x1 copies the input into the first half of the doubled channels, the 3x3 holds the
     fused kernel and bias in its first block, the last 1x1 takes the first half back, and the skip
     is zero: every product in the re-fusion is by 1 or by 0, so no rounding enters."""
-    if network.arch in SPANDREL_MISSING:
-        raise ExportError(f"{source}: spandrel has no {SPANDREL_MISSING[network.arch]} architecture; export it with --format onnx instead")
+    if not type(network).spandrel:  # the architecture declares whether spandrel (chaiNNer, ComfyUI) knows it
+        raise ExportError(f"{source}: spandrel has no {type(network).title} architecture; export it with --format onnx instead")
     config = network.config
     if network.arch != "span" or config.get("cat_channels") not in (None, config["channels"]):
         raise ExportError(
@@ -414,7 +387,11 @@ def write_spandrel(network: SRNet, path: Path, *, fp16: bool, metadata: Mapping[
         path.write_bytes(buffer.getvalue())
 
 
-def check_reload(path: Path, network: SRNet, images: list[tuple[str, np.ndarray]]) -> list[Agreement]:
+def write_esr(network: SRNet, path: Path, *, fp16: bool, metadata: Mapping[str, str]) -> None:
+    save_network(network, path, dtype=torch.float16 if fp16 else torch.float32, extra_metadata=metadata)
+
+
+def check_reload(path: Path, network: SRNet, images: list[tuple[str, np.ndarray]], fp16: bool = False) -> list[Agreement]:
     """Load the written file back through esr (detection, re-fusion, a clamp its metadata asks for) and compare outputs."""
     from .loading import clamp_as_recorded
 
@@ -449,11 +426,11 @@ def export_network(
     stage = on_stage or (lambda _: None)
     out = Path(out)
     fmt = format_for(out, fmt)
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
-    expected_suffixes = {"safetensors": (".safetensors",), "onnx": (".onnx",), "spandrel": (".pth", ".pt", ".safetensors")}[fmt]
-    if out.suffix.lower() not in expected_suffixes:
-        raise ExportError(f"{out}: the {fmt} format is written as {' or '.join(expected_suffixes)}; rename the output")
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown format {fmt!r} (known: {', '.join(EXPORT_FORMATS)})")
+    form = EXPORT_FORMATS[fmt]
+    if out.suffix.lower() not in form.suffixes:
+        raise ExportError(f"{out}: the {fmt} format is written as {' or '.join(form.suffixes)}; rename the output")
     if any(out.resolve() == p.resolve() for p in protected):
         raise ExportError(f"{out}: is the model's own file; esr never overwrites an input")
     if fmt == "spandrel":
@@ -474,21 +451,16 @@ def export_network(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(out, keep_suffix=True) as tmp:  # the suffix tells esr's loader what it reads back
-            if fmt == "safetensors":
-                save_network(network, tmp, dtype=torch.float16 if fp16 else torch.float32, extra_metadata=metadata)
-                checks = check_reload(tmp, network, images)
-            elif fmt == "spandrel":
-                write_spandrel(network, tmp, fp16=fp16, metadata=metadata)
-                checks = check_reload(tmp, network, images)
-            else:
-                onnx_metadata = {**metadata, "esr.opset": str(ONNX_OPSET), "esr.precision": "fp16" if fp16 else "fp32"}
+            if fmt == "onnx":
+                metadata = {**metadata, "esr.opset": str(ONNX_OPSET), "esr.precision": "fp16" if fp16 else "fp32"}
                 stage(f"exporting {name} to ONNX (opset {ONNX_OPSET})")
-                write_onnx(network, tmp, fp16=fp16, metadata=onnx_metadata)
+            globals()[form.writer](network, tmp, fp16=fp16, metadata=metadata)  # the table names functions of this module
+            if fmt == "onnx":
                 stage("checking the ONNX model in onnxruntime")
-                try:
-                    checks = check_onnx(tmp, network, images, fp16)
-                except ImportError:
-                    unchecked = f"onnxruntime is not installed, so the file was not run ({ONNX_EXTRA})"
+            try:
+                checks = globals()[form.checker](tmp, network, images, fp16)
+            except ImportError:
+                unchecked = f"onnxruntime is not installed, so the file was not run ({ONNX_EXTRA})"
             bad = [c for c in checks if not c.passes(fp16)]
             if bad:
                 allowed = f"{MIN_PSNR:g} dB" if fp16 else f"{MAX_LEVELS} levels, {MIN_PSNR:g} dB"

@@ -8,8 +8,7 @@ name or from its release file.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -21,9 +20,9 @@ from .archs.blocks import EvalConv
 from .archs.span import SPAB
 from .device import memory_format
 from .download import ChecksumMismatch, DownloadError, OfflineError, fetch, fetch_first, manual_download_advice, sha256_file
-from .registry import ModelEntry, Registry, RegistryError, Weights, default_registry, embedded_source, fused_cache_path
-from .sources import HubSource
-from .weights import WEIGHT_SUFFIXES, WeightsError, load_network, network_from_state_dict, read_state_dict, save_network
+from .refs import ModelRef
+from .registry import ModelEntry, Registry, Weights, default_registry, embedded_source, fused_cache_path
+from .weights import WeightsError, load_network, network_from_state_dict, read_state_dict, save_network
 
 FEATURE_BOUNDS = Path(__file__).resolve().parent / "weights" / "feature_bounds.safetensors"
 """Per-channel bounds of every SPAB and of each conv in it, by weight file SHA-256 (benchmarks/flat_colours.py --calibrate)."""
@@ -120,17 +119,19 @@ def clamped_blocks(network: torch.nn.Module) -> int:
     return sum(isinstance(m, ClampedSPAB) for m in network.modules())
 
 
-def clamp_as_recorded(network: SRNet, path: Path, registry: Registry | None = None) -> SRNet:
+def clamp_as_recorded(network: SRNet, path: Path, registry: Registry | None = None, metadata: dict[str, str] | None = None) -> SRNet:
     """The clamp of a clamped registry model, wherever its weights are loaded from: the release file
-    itself (by its SHA-256), or an esr safetensors export of it (its metadata names the model and release)."""
+    itself (by its SHA-256), or an esr safetensors export of it (its metadata names the model and release;
+    pass it where it was read already)."""
     registry = registry or default_registry()
     pins = {w.sha256: w for e in registry if e.clamp_features for w in e.weights}
     sha256 = ""
     if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
+        if metadata is None:
+            from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = f.metadata() or {}
         entry = registry.entries.get(metadata.get("esr.model", ""))
         if entry is not None and entry.clamp_features and metadata.get("esr.sha256") in pins:
             sha256 = metadata["esr.sha256"]
@@ -144,12 +145,21 @@ def clamp_as_recorded(network: SRNet, path: Path, registry: Registry | None = No
 class LoadedModel:
     """A network ready to run, with where it came from."""
 
-    name: str
+    ref: ModelRef
     network: SRNet
-    source: str
+    source: str  # the weight file read (a registry variant's fused file), or the run folder
+    # What an export of it records (esr.* metadata: the release's name and pin, a run's config and
+    # step, an earlier export's facts) and the files an export must never overwrite.
+    provenance: dict[str, str] = field(default_factory=dict)
+    inputs: tuple[Path, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
 
     @property
     def scale(self) -> int:
+        """The network's native scale."""
         return self.network.scale
 
     @property
@@ -161,23 +171,26 @@ class LoadedModel:
         return sum(p.numel() for p in self.network.parameters())
 
 
-def _fuse_into_cache(entry: ModelEntry, weights: Weights, original: Path) -> Path:
+def _fuse_into_cache(entry: ModelEntry, weights: Weights, original: Path) -> tuple[Path, SRNet]:
+    """Fuse a downloaded release once and write it to the cache; the network comes back as well, so
+    the first load runs it without reading the file it just wrote."""
     sd, metadata = read_state_dict(original)
     network = network_from_state_dict(sd, metadata, overrides=entry.args, source=str(original))
     if network.scale != weights.scale:
         raise WeightsError(f"{original}: a x{network.scale} network, but models.toml lists it as x{weights.scale}")
     extra = {"esr.model": entry.name, "esr.sha256": weights.sha256, "esr.licence": entry.licence}
-    return save_network(network, fused_cache_path(entry, weights), extra_metadata=extra)
+    return save_network(network, fused_cache_path(entry, weights), extra_metadata=extra), network
 
 
-def fetch_model(entry: ModelEntry, weights: Weights, *, progress: bool = True) -> Path:
-    """The fused cache file for a registry model, downloading and fusing on first use."""
+def fetch_model(entry: ModelEntry, weights: Weights, *, progress: bool = True) -> tuple[Path, SRNet | None]:
+    """The fused file of a registry model's variant, downloading and fusing on first use; with the
+    network when it was fused just now (None: read it from the file)."""
     packaged = embedded_source(weights)
     if packaged is not None:
-        return fetch(packaged, name=entry.name, progress=progress)  # checked against its pin (once, then by a stamp)
+        return fetch(packaged, name=entry.name, progress=progress), None  # checked against its pin (once, then by a stamp)
     target = fused_cache_path(entry, weights)
     if target.is_file():
-        return target
+        return target, None
     original = fetch_first(weights.sources, name=entry.name, progress=progress)
     return _fuse_into_cache(entry, weights, original)
 
@@ -190,59 +203,98 @@ def import_model_file(entry: ModelEntry, weights: Weights, path: str | Path) -> 
     digest = sha256_file(path)
     if digest != weights.sha256:
         raise WeightsError(f"{path}: SHA-256 {digest[:16]}… is not the pinned {weights.sha256[:16]}… of '{entry.name}' x{weights.scale}")
-    return _fuse_into_cache(entry, weights, path)
+    return _fuse_into_cache(entry, weights, path)[0]
 
 
-def is_file_reference(ref: str) -> bool:
-    return Path(ref).suffix.lower() in WEIGHT_SUFFIXES or os.sep in ref or Path(ref).exists()
+STRUCTURAL_KEYS = ("esr.arch", "esr.config", "esr.form", "esr.scale")  # how to rebuild a network, not where it came from
 
 
-def load_reference(
-    ref: str,
-    *,
-    scale: int | None = None,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    progress: bool = True,
-    registry: Registry | None = None,
-) -> LoadedModel:
-    """A fused, eval-mode network on `device` in `dtype`, from any model reference.
+def _released(network: SRNet, registry: Registry) -> dict[str, str]:
+    """A release file esr clamps (a registry pin's SHA-256) names its model in its exports, so that esr clamps them too."""
+    sha256 = getattr(network, "feature_clamp_sha256", None)
+    entry = next((e for e in registry if sha256 in {w.sha256 for w in e.weights}), None) if sha256 else None
+    return {"esr.model": entry.name, "esr.sha256": sha256, "esr.licence": entry.licence} if entry else {}
 
-    `scale` picks a registry variant; a file has the one scale it was trained for.
-    """
-    registry = registry or default_registry()
-    if not ref.strip():
-        raise RegistryError("an empty model name (an unset variable?); esr models list shows the names")
-    if ref.startswith("hf://"):
-        source = HubSource.from_uri(ref)
-        try:
-            path = fetch(source, name=ref, progress=progress)
-        except DownloadError as exc:
-            if isinstance(exc, (ChecksumMismatch, OfflineError)):
-                raise
-            raise DownloadError(f"{exc}; {manual_download_advice(None, source)}", reason=exc.reason) from exc
-        loaded = LoadedModel(ref, clamp_as_recorded(load_network(path), Path(path), registry), source=ref)
-    elif ref not in registry.entries and Path(ref).is_dir():
-        from .runs import network_from_run
 
-        network, _, _ = network_from_run(ref)
-        loaded = LoadedModel(Path(ref).name, network, source=str(ref))
-    elif ref not in registry.entries and is_file_reference(ref):
-        loaded = LoadedModel(Path(ref).name, clamp_as_recorded(load_network(ref), Path(ref), registry), source=str(ref))
-    else:
-        entry = registry.get(ref)
-        weights = entry.variant(scale)
-        path = fetch_model(entry, weights, progress=progress)
+def _from_registry(ref: ModelRef, native: int | None, progress: bool) -> LoadedModel:
+    entry = ref.entry
+    assert entry is not None
+    weights = entry.variant(native)
+    path, network = fetch_model(entry, weights, progress=progress)
+    if network is None:
         try:
             network = load_network(path, overrides=entry.args)
         except WeightsError:  # a damaged cache entry: rebuild it once (a packaged file was checked against its pin)
             if embedded_source(weights) is not None:
                 raise
             path.unlink(missing_ok=True)
-            network = load_network(fetch_model(entry, weights, progress=progress), overrides=entry.args)
-        if entry.clamp_features:
-            network = clamp_features(network, weights.sha256, entry.name)
-        loaded = LoadedModel(entry.name, network, source=str(path))
+            path, network = fetch_model(entry, weights, progress=progress)
+            network = network or load_network(path, overrides=entry.args)
+    if entry.clamp_features:
+        network = clamp_features(network, weights.sha256, entry.name)
+    provenance = {"esr.model": entry.name, "esr.sha256": weights.sha256, "esr.licence": entry.licence}
+    return LoadedModel(ref, network, str(path), provenance, (path,))
+
+
+def _from_run(ref: ModelRef, use_ema: bool, lora_strength: float) -> LoadedModel:
+    from .runconfig import CHECKPOINT, CONFIG, METRICS
+    from .runs import network_from_run
+
+    network, cfg, step = network_from_run(ref.path, use_ema=use_ema, strength=lora_strength)
+    provenance = {"esr.trained_steps": str(step), "esr.train_config": cfg.to_toml(), "esr.weights": "ema" if use_ema else "raw"}
+    if lora_strength != 1.0:
+        provenance["esr.lora_strength"] = repr(lora_strength)
+    return LoadedModel(ref, network, ref.text, provenance, tuple(ref.path / n for n in (CHECKPOINT, CONFIG, METRICS)))
+
+
+def _from_file(ref: ModelRef, path: Path, registry: Registry) -> LoadedModel:
+    sd, metadata = read_state_dict(path)
+    network = clamp_as_recorded(network_from_state_dict(sd, metadata, source=str(path)), path, registry, metadata)
+    recorded = {k: v for k, v in metadata.items() if k.startswith("esr.") and k not in STRUCTURAL_KEYS}  # an earlier export's
+    provenance = {**_released(network, registry), **recorded}
+    if ref.kind == "hub":
+        provenance["esr.source"] = ref.text
+        return LoadedModel(ref, network, str(path), provenance)
+    return LoadedModel(ref, network, str(path), provenance, (path,))
+
+
+def _from_hub(ref: ModelRef, progress: bool, registry: Registry) -> LoadedModel:
+    assert ref.hub is not None
+    try:
+        path = fetch(ref.hub, name=ref.text, progress=progress)
+    except DownloadError as exc:
+        if isinstance(exc, (ChecksumMismatch, OfflineError)):
+            raise
+        raise DownloadError(f"{exc}; {manual_download_advice(None, ref.hub)}", reason=exc.reason) from exc
+    return _from_file(ref, Path(path), registry)
+
+
+def load_reference(
+    ref: str | ModelRef,
+    *,
+    native: int | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    registry: Registry | None = None,
+    use_ema: bool = True,
+    lora_strength: float = 1.0,
+) -> LoadedModel:
+    """A fused, eval-mode network on `device` in `dtype`, from any model reference: the one way esr
+    turns a reference into a network (API, CLI, export, training, Ray workers).
+
+    `native` picks a registry model's variant by its native scale (a file has the one it was trained
+    for); `use_ema` and `lora_strength` pick a run folder's weights."""
+    registry = registry or default_registry()
+    ref = ModelRef.parse(ref, registry)
+    if ref.kind == "registry":
+        loaded = _from_registry(ref, native, progress)
+    elif ref.kind == "run":
+        loaded = _from_run(ref, use_ema, lora_strength)
+    elif ref.kind == "hub":
+        loaded = _from_hub(ref, progress, registry)
+    else:
+        loaded = _from_file(ref, ref.path, registry)
     loaded.network = place(loaded.network, device, dtype)
     return loaded
 

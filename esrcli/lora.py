@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .archs.base import LoRAGroup as LoRAGroup
 from .archs.blocks import Reparameterizable
+from .archs.span import SPAN
 from .errors import LoRAError as LoRAError
-from .train.config import DSCLORA_GROUPS as DEFAULT_GROUPS
 
 
 class ConvLoRA(Reparameterizable):
@@ -50,20 +51,30 @@ class ConvLoRA(Reparameterizable):
         return state
 
 
-@dataclass(frozen=True)
-class LoRAGroup:
-    """Convs whose module names match `pattern` (fnmatch) get rank `rank` and scale `alpha`."""
-
-    pattern: str
-    rank: int
-    alpha: float
+DSCLORA_GROUPS = SPAN.lora.groups if SPAN.lora else ()  # the released DSCLoRA code's placement in SPAN
 
 
-DSCLORA_GROUPS = tuple(LoRAGroup(g["pattern"], g["rank"], g["alpha"]) for g in DEFAULT_GROUPS)  # the released code's placement
+def placement(
+    network: nn.Module, groups: Sequence[Mapping[str, Any]] = (), tapped_layers: Sequence[str] = ()
+) -> tuple[list[LoRAGroup], list[str]]:
+    """The adapters and distillation taps of a LoRA run: a config's where it gives them, else what the
+    network's architecture declares (`SRNet.lora`); an architecture that declares none needs them given."""
+    declared = getattr(type(network), "lora", None)
+    if not groups and declared is None:
+        arch = getattr(network, "arch", type(network).__name__)
+        raise LoRAError(
+            f"the {arch} network's architecture declares no LoRA placement (DSCLoRA's is for SPAN-family students: span, "
+            "span-tiny, esr-tiny...); pick one as --student, or give [lora] groups (and taps) that name its convs"
+        )
+    chosen = [LoRAGroup(str(g["pattern"]), int(g["rank"]), float(g["alpha"])) for g in groups] if groups else list(declared.groups)
+    return chosen, list(tapped_layers) if tapped_layers or declared is None else list(declared.taps)
 
 
-def add_lora(network: nn.Module, groups: Sequence[LoRAGroup] = DSCLORA_GROUPS) -> list[str]:
-    """Freeze `network` and wrap every matching conv in a ConvLoRA (first matching group wins)."""
+def add_lora(network: nn.Module, groups: Sequence[LoRAGroup] | None = None) -> list[str]:
+    """Freeze `network` and wrap every matching conv in a ConvLoRA (first matching group wins); no
+    `groups`: the architecture's own placement."""
+    if groups is None:
+        groups = placement(network)[0]
     network.requires_grad_(False)
     wrapped = []
     for name, module in list(network.named_modules()):

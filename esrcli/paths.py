@@ -10,6 +10,9 @@ from pathlib import Path
 
 from .errors import OutputNameError as OutputNameError
 
+# Files that hold network weights: what makes a model reference a file rather than a registry name.
+WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+
 # Formats esr writes, by --format name, with the suffix a new file gets.
 FORMATS: dict[str, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 

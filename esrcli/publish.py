@@ -31,7 +31,6 @@ HUB_LICENCES = {
     "cc-by-nc-4.0": "cc-by-nc-4.0",
     "bsd-3-clause": "bsd-3-clause",
 }
-ARCH_TITLES = {"span": "SPAN", "espan": "ESPAN", "spanf": "SPAN-F", "efdn": "EFDN"}
 
 
 @dataclass
@@ -80,13 +79,21 @@ def model_card(
     scores: Mapping[str, SetScore] | None = None,
 ) -> str:
     """The README.md the Hub shows: what the model is, where it came from, its figures, how to run it."""
-    network = source.network
-    arch = ARCH_TITLES.get(network.arch, network.arch)
-    params = sum(p.numel() for p in network.parameters())
-    licence = source.licence or "not stated"
-    hub_licence = HUB_LICENCES.get(licence.lower(), "other")
-    at = "" if revision == "main" else f"@{revision}"
     lines = [
+        *_card_header(source),
+        *_card_facts(source, filename, sha256, size),
+        *_card_quality(scores),
+        *_card_usage(source, filename, sha256, size, repo_id=repo_id, revision=revision),
+    ]
+    return "\n".join(lines)
+
+
+def _card_header(source: ExportSource) -> list[str]:
+    """The Hub's YAML front matter (licence, library, tags: what its search filters on), the title and a line on what it is."""
+    network = source.network
+    hub_licence = HUB_LICENCES.get((source.licence or "not stated").lower(), "other")
+    default = f"A {type(network).title} x{network.scale} super-resolution network, fused for inference by esr."
+    return [
         "---",
         f"license: {hub_licence}",
         "library_name: esr",
@@ -97,14 +104,24 @@ def model_card(
         "",
         f"# {source.name} x{network.scale}",
         "",
-        (source.title + "." if source.title else f"A {arch} x{network.scale} super-resolution network, fused for inference by esr."),
+        (source.title + "." if source.title else default),
         "",
+    ]
+
+
+def _card_facts(source: ExportSource, filename: str, sha256: str, size: int) -> list[str]:
+    """The table of facts: architecture and settings, size, licence, the file and its provenance."""
+    network = source.network
+    arch = type(network).title
+    params = sum(p.numel() for p in network.parameters())
+    settings = ", ".join(f"{k}={v}" for k, v in sorted(network.config.items()) if v is not None)
+    lines = [
         "| | |",
         "|---|---|",
-        f"| Architecture | {arch} (`{network.arch}`, {', '.join(f'{k}={v}' for k, v in sorted(network.config.items()) if v is not None)}) |",
+        f"| Architecture | {arch} (`{network.arch}`, {settings}) |",
         f"| Scale | x{network.scale} |",
         f"| Parameters | {params:,} |",
-        f"| Licence | {licence} |",
+        f"| Licence | {source.licence or 'not stated'} |",
     ]
     if source.paper:
         lines.append(f"| Paper | {source.paper} |")
@@ -114,19 +131,33 @@ def model_card(
     if "esr.trained_steps" in source.metadata:
         lines.append(f"| Training | {source.metadata['esr.trained_steps']} steps with `esr train` (config in the file's metadata) |")
     lines.append(f"| Exported by | esr {__version__} |")
-    if scores:
-        lines += [
-            "",
-            "## Quality",
-            "",
-            "PSNR / SSIM on the Y channel, borders of `scale` pixels cropped, MATLAB-bicubic inputs (`esr bench quality`):",
-            "",
-        ]
-        lines += ["| Set | Images | PSNR (dB) | SSIM |", "|---|---|---|---|"]
-        for name, score in scores.items():
-            ssim = "" if math.isnan(score.ssim) else f"{score.ssim:.4f}"
-            lines.append(f"| {name} | {score.images} | {score.psnr:.2f} | {ssim} |")
-    lines += [
+    return lines
+
+
+def _card_quality(scores: Mapping[str, SetScore] | None) -> list[str]:
+    """The quality section, a row per benchmark set (none without scores)."""
+    if not scores:
+        return []
+    lines = [
+        "",
+        "## Quality",
+        "",
+        "PSNR / SSIM on the Y channel, borders of `scale` pixels cropped, MATLAB-bicubic inputs (`esr bench quality`):",
+        "",
+        "| Set | Images | PSNR (dB) | SSIM |",
+        "|---|---|---|---|",
+    ]
+    for name, score in scores.items():
+        ssim = "" if math.isnan(score.ssim) else f"{score.ssim:.4f}"
+        lines.append(f"| {name} | {score.images} | {score.psnr:.2f} | {ssim} |")
+    return lines
+
+
+def _card_usage(source: ExportSource, filename: str, sha256: str, size: int, *, repo_id: str, revision: str) -> list[str]:
+    """How to run it (esr, Python), pin it in a registry, and convert it: commands that name this repo and file."""
+    network = source.network
+    at = "" if revision == "main" else f"@{revision}"
+    return [
         "",
         "## Use it",
         "",
@@ -161,7 +192,6 @@ def model_card(
         + ("(or `--out model.pth` for spandrel)." if network.arch == "span" else "."),
         "",
     ]
-    return "\n".join(lines)
 
 
 def write_folder(

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .download import cache_dir
+from .cache import fused_path
 from .errors import RegistryError as RegistryError
 from .sources import HubSource, PackageSource, Source, UrlSource
 
@@ -173,4 +173,4 @@ def fused_cache_path(entry: ModelEntry, weights: Weights) -> Path:
     packaged = embedded_source(weights)
     if packaged is not None:
         return packaged.file
-    return cache_dir() / "fused" / f"{entry.name}-x{weights.scale}-{weights.sha256[:16]}.safetensors"
+    return fused_path(entry.name, weights.scale, weights.sha256)

@@ -15,7 +15,7 @@ from torch import nn
 
 from .archs import SRNet, build, detect, fused_state_dict
 from .errors import RunError as RunError
-from .train.config import CHECKPOINT, TrainConfig
+from .runconfig import CHECKPOINT, TrainConfig
 
 
 def student_depth(cfg: TrainConfig) -> int | None:
@@ -32,10 +32,10 @@ def describe(network: SRNet, cfg: TrainConfig) -> dict[str, Any]:
 def rebuild(description: dict[str, Any]) -> nn.Module:
     """An untrained network of the described shape, adapters included, ready for load_state_dict."""
     network = build(description["arch"], form=description["form"], **description["config"])
-    if description.get("lora"):
-        from .lora import LoRAGroup, add_lora
+    if description.get("lora") is not None:
+        from .lora import add_lora, placement
 
-        add_lora(network, [LoRAGroup(g["pattern"], int(g["rank"]), float(g["alpha"])) for g in description["lora"]])
+        add_lora(network, placement(network, description["lora"])[0])
     return network
 
 

@@ -20,8 +20,8 @@ from .archs import SRNet, UnknownArchitecture, build, detect, fuse_model
 from .archs.blocks import Reparameterizable
 from .atomic import atomic_write
 from .errors import WeightsError as WeightsError
+from .paths import WEIGHT_SUFFIXES as WEIGHT_SUFFIXES
 
-WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
 
 

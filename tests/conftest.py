@@ -45,6 +45,18 @@ def photos(folder: Path, count: int, size: int) -> None:
         Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)).save(folder / f"p{i}.png")
 
 
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Four smooth-but-detailed pictures (rings and gradients, 112x96): real structure to train on."""
+    folder = tmp_path_factory.mktemp("train-images")
+    y, x = np.mgrid[0:96, 0:112].astype(np.float64)
+    for i in range(4):
+        r = np.hypot(y - 20 * i, x - 30)
+        img = np.stack([np.sin(r / (3 + i)) * 0.5 + 0.5, x / 112, np.cos((x + y) / (5 + i)) * 0.5 + 0.5], -1)
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
 def need(path: Path, what: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not found: {what} (../shared is provided to developers and CI)")

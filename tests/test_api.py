@@ -253,6 +253,36 @@ def test_no_import_cycles():
             visit(module, [module])
 
 
+def test_no_package_cycles():
+    """Each subpackage (archs, train, cli, video) taken as one node beside the top-level modules: imports
+    between them go one way, so a package can be understood, and replaced, from below (ARCHITECTURE.md)."""
+    modules = set(package_modules())
+
+    def node(module: str) -> str:
+        parts = module.split(".")
+        inside = len(parts) > 2 or PACKAGE.joinpath(*parts[1:], "__init__.py").is_file()
+        return ".".join(parts[:2]) if inside else module
+
+    graph: dict[str, set[str]] = {}
+    for m in modules:
+        graph.setdefault(node(m), set()).update(node(t) for t in imports_of(m) if t in modules and node(t) != node(m))
+    assert {"esrcli.archs", "esrcli.train", "esrcli.cli"} <= set(graph)
+    state: dict[str, int] = {}
+
+    def visit(n: str, path: list[str]) -> None:
+        state[n] = 1
+        for nxt in sorted(graph[n]):
+            if state.get(nxt) == 1:
+                raise AssertionError("package cycle: " + " -> ".join([*path[path.index(nxt) :], nxt]))
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])
+
+
 def test_the_readme_python_examples_run(tmp_path):
     readme = (PACKAGE.parent / "README.md").read_text()
     blocks = [block.split("```", 1)[0] for block in readme.split("```python\n")[1:]]

@@ -123,14 +123,6 @@ def test_a_cache_folder_that_cannot_be_made(tmp_path):
 # --- training, finetuning, export --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("hr")
-    for i in range(2):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return d
-
-
 TRAIN = [
     "--arch",
     "span",

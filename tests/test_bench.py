@@ -54,7 +54,7 @@ EMBEDDED_MARGIN = {
 def test_embedded_model_keeps_its_margin_over_bicubic(benchmark_data, scale):
     """The model `esr upscale` uses by default, scored against bicubic by the same code."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    network = load_reference(DEFAULT_MODEL, scale=scale, progress=False).network
+    network = load_reference(DEFAULT_MODEL, native=scale, progress=False).network
     assert network.scale == scale
     for set_name, margin in EMBEDDED_MARGIN[scale].items():
         ours = evaluate_set(network, scale, benchmark_data / set_name, with_ssim=False)
@@ -75,7 +75,7 @@ REAL_NOISE10_FLOOR = 26.20  # measured 26.53 dB
 def test_embedded_real_model_loads_offline_and_keeps_its_margins(shared_weights, benchmark_data, monkeypatch):
     monkeypatch.setenv("ESR_OFFLINE", "1")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    real = load_reference("esr-tiny-real", scale=4, progress=False).network
+    real = load_reference("esr-tiny-real", native=4, progress=False).network
     span_tiny = load_network(shared_weights / "span_tiny_ch26_x4_ntire24_team39.pth")
     set14 = benchmark_data / "Set14"
     ours = evaluate_set(real, 4, set14, with_ssim=False, degrade="jpeg:70").psnr

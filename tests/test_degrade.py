@@ -28,7 +28,7 @@ from esrcli.degrade import (
     plateau_kernel,
     sinc_kernel,
 )
-from esrcli.train.config import ConfigError, TrainConfig
+from esrcli.runconfig import ConfigError, TrainConfig
 from esrcli.train.data import PatchDataset, Source
 
 

@@ -96,8 +96,8 @@ def test_a_jpeg_file_gets_the_strength_of_its_quality_and_says_so(tmp_path):
 
 
 def test_a_mixed_model_is_the_weighted_mean_of_the_two():
-    base = load_reference("esr-tiny", scale=4, progress=False).network.state_dict()
-    partner = load_reference("esr-tiny-real", scale=4, progress=False).network.state_dict()
+    base = load_reference("esr-tiny", native=4, progress=False).network.state_dict()
+    partner = load_reference("esr-tiny-real", native=4, progress=False).network.state_dict()
     mixed = esrcli.load_model("esr-tiny", device="cpu", denoise=0.3)
     network = mixed.pipeline(tile=0).upscalers[4].network
     for key, value in network.state_dict().items():

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from esrcli.archs import build, fused_state_dict
 from esrcli.cli import main
 from esrcli.lora import DSCLORA_GROUPS, ConvLoRA, add_lora, affinity_loss, count, lora_parameters, taps
-from esrcli.train.config import TrainConfig
+from esrcli.runconfig import TrainConfig
 from esrcli.train.export import export_run
 from esrcli.train.losses import trim
 from esrcli.train.trainer import Trainer, TrainingError
@@ -96,17 +94,6 @@ def test_affinity_loss_properties():
     assert g.grad is not None and g.grad.abs().sum() > 0
 
 
-@pytest.fixture
-def images(tmp_path):
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    y, x = np.mgrid[0:120, 0:140].astype(np.float64)
-    for i in range(3):
-        img = np.stack([np.sin(np.hypot(y, x - 20 * i) / 4) * 0.5 + 0.5, x / 140, y / 120], -1)
-        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return folder
-
-
 def test_finetune_with_a_wider_teacher_exports_a_plain_student(images, tmp_path):
     torch.manual_seed(0)
     save_network(build("span", channels=12, scale=2).eval(), tmp_path / "teacher.safetensors")
@@ -153,7 +140,7 @@ def test_finetune_with_a_wider_teacher_exports_a_plain_student(images, tmp_path)
     assert step == 4 and cfg.model.scale == 2
     x = torch.rand(1, 3, 10, 12)
     assert torch.allclose(fused(x), merged(x), atol=1e-6)
-    up = CliRunner().invoke(main, ["upscale", str(images / "0.png"), "-m", str(out), "-o", str(tmp_path / "up.png")])
+    up = CliRunner().invoke(main, ["upscale", str(images / "img0.png"), "-m", str(out), "-o", str(tmp_path / "up.png")])
     assert up.exit_code == 0, up.output
     # --strength s merges W + s * dW: 0 is the student itself, 0.5 the weight-space midpoint.
     for s in ("0", "0.5"):

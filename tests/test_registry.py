@@ -186,7 +186,7 @@ def test_the_embedded_default_model_works_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("ESR_OFFLINE", "1")
     entry = default_registry().get(DEFAULT_MODEL)
     for weights in entry.weights:
-        loaded = load_reference(DEFAULT_MODEL, scale=weights.scale)
+        loaded = load_reference(DEFAULT_MODEL, native=weights.scale)
         assert loaded.scale == weights.scale and loaded.network.form == "fused"
         assert loaded.params < 200_000  # SPAN-tiny-sized or smaller
     from PIL import Image
@@ -206,7 +206,7 @@ def test_a_damaged_embedded_file_is_refused(tmp_path):
 
 
 def test_a_run_folder_is_a_model_reference(tmp_path):
-    from esrcli.train.config import TrainConfig
+    from esrcli.runconfig import TrainConfig
     from esrcli.train.trainer import Trainer
 
     cfg = TrainConfig()

@@ -22,26 +22,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from esrcli.cli import main
+from esrcli.runconfig import ConfigError, TrainConfig
 from esrcli.runs import network_from_run
-from esrcli.train.config import ConfigError, TrainConfig
 from esrcli.train.data import PatchDataset
 from esrcli.train.distill import extra_blocks_at
 from esrcli.train.export import export_run
 from esrcli.train.losses import dct2, frequency_aware, gradient_variance
 from esrcli.train.trainer import Trainer, TrainingError, lr_factor
 from esrcli.weights import load_network
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    """A few smooth-but-detailed images (rings and gradients): real structure to learn from."""
-    folder = tmp_path_factory.mktemp("train-images")
-    y, x = np.mgrid[0:96, 0:112].astype(np.float64)
-    for i in range(4):
-        r = np.hypot(y - 20 * i, x - 30)
-        img = np.stack([np.sin(r / (3 + i)) * 0.5 + 0.5, x / 112, np.cos((x + y) / (5 + i)) * 0.5 + 0.5], -1)
-        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"img{i}.png")
-    return folder
 
 
 def config(images: Path, **sets) -> TrainConfig:

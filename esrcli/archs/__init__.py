@@ -1,74 +1,44 @@
-"""The architecture library: build, recognise and fuse networks. Knows nothing of files or the CLI."""
+"""The architectures esr knows: one registration line each, read without importing torch.
+
+Each architecture is a module (or folder) here whose `SRNet` subclass declares what it is and can
+do (id, title, detection order, forms, tiling, precision, spandrel layout, LoRA placement: see
+`archs.base.SRNet`). BUILTIN names where each class lives, so `esr --help` and train configs can
+list and check names without loading torch; `register` adds one defined anywhere else (a plugin,
+a test) with one call. Building, detecting and fusing networks is `archs.library`'s job; its names
+are importable from here as well.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
 from typing import Any
 
-from torch import Tensor, nn
-
 from ..errors import UnknownArchitecture as UnknownArchitecture
-from .base import SRNet
-from .blocks import Reparameterizable
-from .efdn import EFDN
-from .span import ESPAN, SPAN, SPANF
+from .catalogue import BUILTIN, get, names, register, unregister
 
-ARCHITECTURES: dict[str, type[SRNet]] = {cls.arch: cls for cls in (SPAN, ESPAN, SPANF, EFDN)}
-
-
-def build(arch: str, form: str = "fused", **config: Any) -> SRNet:
-    try:
-        cls = ARCHITECTURES[arch]
-    except (KeyError, TypeError):
-        raise UnknownArchitecture(f"unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})") from None
-    return cls(form=form, **config)
+_LIBRARY = ("build", "detect", "fuse_model", "fused_state_dict", "in_detection_order")
+_CLASSES = {
+    "SRNet": "esrcli.archs.base:SRNet",
+    "SPAN": BUILTIN["span"],
+    "ESPAN": BUILTIN["espan"],
+    "SPANF": BUILTIN["spanf"],
+    "EFDN": BUILTIN["efdn"],
+}
 
 
-def detect(sd: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
-    """The architecture and constructor arguments (with `form`) that a state dict belongs to."""
-    near_miss = None
-    for name, cls in ARCHITECTURES.items():
-        try:
-            config = cls.detect(sd)
-        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:  # this family's keys, not its shapes
-            near_miss = (
-                near_miss
-                or f"they look like {name} weights, but {exc if isinstance(exc, ValueError) else 'some tensors are missing or misshapen'}"
-            )
-            config = None
-        if config is not None:
-            return name, config
-    if near_miss:
-        raise UnknownArchitecture(near_miss)
-    sample = ", ".join(list(sd)[:4])
-    raise UnknownArchitecture(f"no known architecture has these weights (first keys: {sample})")
+def __getattr__(name: str) -> Any:
+    if name in _LIBRARY:
+        from . import library
 
-
-def fused_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The state dict of `model`'s inference form: every re-parameterisable block folded."""
-    folded: dict[str, Tensor] = {}
-    prefixes: list[str] = []
-    for name, module in model.named_modules():
-        if isinstance(module, Reparameterizable) and not any(name.startswith(p) for p in prefixes):
-            prefix = f"{name}." if name else ""
-            folded.update({prefix + k: v.detach() for k, v in module.fused_state_dict().items()})
-            prefixes.append(prefix)
-    for key, value in model.state_dict().items():
-        if not any(key.startswith(p) for p in prefixes):
-            folded[key] = value
-    return folded
-
-
-def fuse_model(model: SRNet) -> SRNet:
-    """An inference-form copy of a training-form network, with the same output."""
-    reference = next(model.parameters())
-    fused = build(model.arch, form="fused", **model.config).to(device=reference.device, dtype=reference.dtype)
-    fused.load_state_dict(fused_state_dict(model), strict=True)
-    return fused.eval()
+        return getattr(library, name)
+    if name in _CLASSES:
+        module, _, attr = _CLASSES[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'esrcli.archs' has no attribute {name!r}")
 
 
 __all__ = [
-    "ARCHITECTURES",
+    "BUILTIN",
     "EFDN",
     "ESPAN",
     "SPAN",
@@ -79,4 +49,9 @@ __all__ = [
     "detect",
     "fuse_model",
     "fused_state_dict",
+    "get",
+    "in_detection_order",
+    "names",
+    "register",
+    "unregister",
 ]

@@ -77,6 +77,8 @@ class EFDN(SRNet):
     """EFDN: four cells with local fusion (the third fuses o2 with o4), a global skip, clamped output."""
 
     arch = "efdn"
+    title = "EFDN"
+    detect_order = 40
     local = False  # the attention branch pools and resamples: its reach depends on the tile's size
 
     def __init__(self, channels: int = 48, scale: int = 4, form: str = "fused") -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ChannelSet, SRNet, count_indexed
+from .base import ChannelSet, LoRAGroup, LoRAPlacement, SRNet, count_indexed
 from .blocks import Conv3XC, EvalConv, GRep
 
 SPAN_RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -89,6 +89,20 @@ class SPAN(SRNet):
     """
 
     arch = "span"
+    title = "SPAN"
+    detect_order = 30  # after ESPAN and SPAN-F, whose weights hold SPAN's key names too
+    spandrel = True
+    # Where the released DSCLoRA training code puts adapters: every block conv r=2/alpha=4, the conv
+    # before the pixel shuffle and the pixel-shuffle conv r=8/alpha=16 (conv_1 and conv_cat frozen);
+    # its affinity distillation taps the pre-activation convs of blocks 1 to 3.
+    lora = LoRAPlacement(
+        groups=(
+            LoRAGroup("block_*.c?_r.eval_conv", 2, 4.0),
+            LoRAGroup("conv_2.eval_conv", 8, 16.0),
+            LoRAGroup("upsampler.0", 8, 16.0),
+        ),
+        taps=("block_1.c?_r", "block_2.c?_r", "block_3.c?_r"),
+    )
 
     def __init__(
         self,
@@ -180,6 +194,8 @@ class ESPAN(SRNet):
     """
 
     arch = "espan"
+    title = "ESPAN"
+    detect_order = 10
 
     def __init__(self, channels: int = 32, scale: int = 4, n_blocks: int = 5, head_kernel: int = 9, form: str = "fused") -> None:
         super().__init__(scale=scale, config=dict(channels=channels, scale=scale, n_blocks=n_blocks, head_kernel=head_kernel), form=form)
@@ -245,6 +261,8 @@ class SPANF(SRNet):
     """
 
     arch = "spanf"
+    title = "SPAN-F"
+    detect_order = 20
 
     def __init__(self, channels: int = 32, scale: int = 4, n_blocks: int = 5, form: str = "fused") -> None:
         super().__init__(scale=scale, config=dict(channels=channels, scale=scale, n_blocks=n_blocks), form=form)

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from ..errors import NoSuchVariant as NoSuchVariant
 from ..errors import SpeedError as SpeedError
-from .common import FINITE_SECONDS, denoise_option, device_options, model_option, open_model, print_json, stderr, stdout
+from .common import FINITE_SECONDS, denoise_option, device_options, model_option, open_model
+from .output import Output, counting_columns, output_options
 
 
 def _size(value: str) -> tuple[int, int]:
@@ -84,9 +79,20 @@ Examples:
 )
 @device_options
 @denoise_option(default="here: the model as it is (0)")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def quality(model_ref, data_dirs, scale, metric, crop, limit, degrade, device, precision, denoise, quiet, as_json) -> None:
+@output_options(quiet_help="No progress bar.", json_help="Print a JSON summary.")
+def quality(
+    model_ref: str,
+    data_dirs: list[Path],
+    scale: int | None,
+    metric: str,
+    crop: int | None,
+    limit: int | None,
+    degrade: str | None,
+    device: str,
+    precision: str,
+    denoise: float | str | None,
+    ui: Output,
+) -> None:
     """PSNR and SSIM of a model on benchmark sets, with the papers' protocol.
 
     -m bicubic scores MATLAB's bicubic interpolation, the baseline (-s picks its scale, default 4; it runs on
@@ -97,11 +103,10 @@ def quality(model_ref, data_dirs, scale, metric, crop, limit, degrade, device, p
 
     if degrade:
         parse_spec(degrade)
-    loaded = open_bench_model(model_ref, device, precision, scale=scale, progress=not (quiet or as_json), denoise=denoise)
+    loaded = open_bench_model(model_ref, device, precision, scale=scale, progress=ui.show_progress, denoise=denoise)
     results = {}
     total = sum(len(list_images(hr_folder(d))[:limit]) for d in data_dirs)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
+    with ui.progress(*counting_columns(rate=False)) as progress:
         task = progress.add_task(f"{loaded.name} x{loaded.scale}", total=total)
         for d in data_dirs:
             score = evaluate_set(
@@ -125,16 +130,19 @@ def quality(model_ref, data_dirs, scale, metric, crop, limit, degrade, device, p
         "denoise": 0.0 if denoise is None else denoise,
         "sets": results,
     }
-    if as_json:
-        print_json(summary)
-        return
+    ui.result(summary, human=lambda: ui.show(_quality_table(summary, degrade), highlight=None))
+
+
+def _quality_table(summary: dict, degrade: str | None) -> Table:
+    """The human form of `esr bench quality`: one row per set."""
     lr = f", LR {degrade}" if degrade else ""
-    table = Table(title=f"{loaded.name} x{loaded.scale}, {metric.upper()} (crop {summary['crop']}){lr}", title_justify="left")
+    title = f"{summary['model']} x{summary['scale']}, {summary['metric'].upper()} (crop {summary['crop']}){lr}"
+    table = Table(title=title, title_justify="left")
     for column in ("set", "images", "PSNR (dB)", "SSIM"):
         table.add_column(column, justify="right" if column != "set" else "left")
-    for name, r in results.items():
+    for name, r in summary["sets"].items():
         table.add_row(name, str(r["images"]), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}")
-    stdout.print(table)
+    return table
 
 
 class BenchModel:
@@ -188,16 +196,16 @@ Examples:
     show_default=True,
     help="onnxruntime: export the model to ONNX (as esr export does) and time it there (pip install 'esrcli[onnx]').",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def speed(model_ref, scale, size, seconds, device, precision, backend, as_json) -> None:
+@output_options(json_help="Print JSON.")
+def speed(model_ref: str, scale: int | None, size: str, seconds: float, device: str, precision: str, backend: str, ui: Output) -> None:
     """Parameters, MACs, latency and output megapixels per second."""
     from ..bench import measure_speed
 
     width, height = _size(size)
     if backend == "onnxruntime":
-        _onnx_speed(model_ref, scale, size, width, height, seconds, device, precision, as_json)
+        _onnx_speed(model_ref, scale, size, width, height, seconds, device, precision, ui)
         return
-    loaded = open_bench_model(model_ref, device, precision, scale=scale, progress=not as_json)
+    loaded = open_bench_model(model_ref, device, precision, scale=scale, progress=ui.show_progress)
     try:
         result = measure_speed(loaded.network, loaded.scale, width, height, min_seconds=seconds)
     except (MemoryError, RuntimeError) as exc:
@@ -205,10 +213,12 @@ def speed(model_ref, scale, size, seconds, device, precision, backend, as_json) 
             raise
         raise SpeedError(f"--size {size}: not enough memory to run {loaded.name} on a {width}x{height} input; try a smaller size") from None
     param = next(loaded.network.parameters())
-    _print_speed(loaded.name, loaded.scale, "torch", str(param.device), str(param.dtype).removeprefix("torch."), result, as_json)
+    _print_speed(ui, loaded.name, loaded.scale, "torch", str(param.device), str(param.dtype).removeprefix("torch."), result)
 
 
-def _onnx_speed(model_ref, scale, size, width, height, seconds, device, precision, as_json) -> None:
+def _onnx_speed(
+    model_ref: str, scale: int | None, size: str, width: int, height: int, seconds: float, device: str, precision: str, ui: Output
+) -> None:
     """Export to a temporary ONNX file and time it in onnxruntime on the CPU or CUDA."""
     import tempfile
 
@@ -231,7 +241,7 @@ def _onnx_speed(model_ref, scale, size, width, height, seconds, device, precisio
     if precision == "bf16":
         raise SpeedError("--precision bf16: esr exports ONNX in fp32 or fp16")
     fp16 = precision == "fp16" or (precision == "auto" and device != "cpu")
-    loaded = open_bench_model(model_ref, "cpu", "fp32", scale=scale, progress=not as_json)
+    loaded = open_bench_model(model_ref, "cpu", "fp32", scale=scale, progress=ui.show_progress)
     providers = (
         ["CPUExecutionProvider"] if device == "cpu" else [("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)})]
     )
@@ -246,18 +256,18 @@ def _onnx_speed(model_ref, scale, size, width, height, seconds, device, precisio
             raise SpeedError(
                 f"--size {size}: not enough memory to run {loaded.name} on a {width}x{height} input; try a smaller size"
             ) from None
-    _print_speed(loaded.name, loaded.scale, "onnxruntime", device, "float16" if fp16 else "float32", result, as_json)
+    _print_speed(ui, loaded.name, loaded.scale, "onnxruntime", device, "float16" if fp16 else "float32", result)
 
 
-def _print_speed(name: str, scale: int, backend: str, device: str, precision: str, result, as_json: bool) -> None:
+def _print_speed(ui: Output, name: str, scale: int, backend: str, device: str, precision: str, result: Any) -> None:
+    """Both backends' answer: one line, or the JSON document."""
     data = {"model": name, "scale": scale, "backend": backend, "device": device, "precision": precision, **result.as_dict()}
-    if as_json:
-        print_json(data)
-        return
     width, height = result.input_size
-    stdout.print(
-        f"{name} x{scale} on {device} ({backend}, {precision}), input {width}x{height}: "
-        f"{result.params:,} params, {result.macs_g:.2f} GMACs, {result.latency_ms:.1f} ms, "
-        f"{result.output_mpix_per_s:.2f} output MP/s ({result.runs} runs)",
-        highlight=False,
+    ui.result(
+        data,
+        human=lambda: ui.show(
+            f"{name} x{scale} on {device} ({backend}, {precision}), input {width}x{height}: "
+            f"{result.params:,} params, {result.macs_g:.2f} GMACs, {result.latency_ms:.1f} ms, "
+            f"{result.output_mpix_per_s:.2f} output MP/s ({result.runs} runs)"
+        ),
     )

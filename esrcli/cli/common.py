@@ -1,32 +1,23 @@
-"""What every command shares: consoles, one-line errors, device and model options."""
+"""What every command shares: one-line errors and interrupts, device, model and tiling options.
+
+What a command prints, and where, is output.py's."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import ProgressColumn, Task
-from rich.text import Text
 
 from ..errors import EsrError, EsrWarning
+from .output import fail, stderr
 
 if TYPE_CHECKING:  # the heavy modules (torch, numpy) load only when a command does real work
     from ..api import Model
-
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
-
-
-def fail(message: str) -> None:
-    stderr.print(f"[bold red]esr: error:[/] {message}", highlight=False, markup=True)
 
 
 class Terminated(KeyboardInterrupt):
@@ -132,18 +123,6 @@ def name_part(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         except OutputNameError as exc:
             raise click.BadParameter(str(exc).split(": ", 1)[1], ctx, param) from None
     return value
-
-
-class RateColumn(ProgressColumn):
-    """Items per second, for tiles and frames (rich's own speed column counts bytes)."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f}/s" if speed else "", style="progress.data.speed")
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def model_option(default: str | None = None) -> Callable:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .common import FiniteFloat, print_json, stderr, stdout
+from ..export_formats import EXPORT_FORMATS
+from .common import FiniteFloat
+from .output import Output, output_options
 
-FORMAT_CHOICES = ("safetensors", "onnx", "spandrel")
+if TYPE_CHECKING:
+    from ..export import ExportSource
 
 
 @click.command(
@@ -31,8 +34,8 @@ Examples:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(FORMAT_CHOICES),
-    help="safetensors: esr's fused layout (-m); onnx: ONNX Runtime, TensorRT, ncnn; spandrel: chaiNNer, ComfyUI. Default: from --out.",
+    type=click.Choice(list(EXPORT_FORMATS)),
+    help="; ".join(f"{f.name}: {f.readers}" for f in EXPORT_FORMATS.values()) + ". Default: from --out.",
 )
 @click.option("-s", "--scale", type=click.IntRange(2, 16), help="Which registry variant (default: the model's first).")
 @click.option("--fp16", is_flag=True, help="Half-precision weights (ONNX: float16 input, output and arithmetic).")
@@ -75,7 +78,7 @@ Examples:
     help="Benchmark sets (HR/ and LR_bicubic/) whose PSNR/SSIM go into the model card (repeatable).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@click.option("--json", "as_json", is_flag=True, help="Print what was written (and pushed) as JSON.")
+@output_options(json_help="Print what was written (and pushed) as JSON.")
 def export(
     model_ref: str,
     out: Path | None,
@@ -93,7 +96,7 @@ def export(
     to_folder: Path | None,
     data_dirs: tuple[Path, ...],
     overwrite: bool,
-    as_json: bool,
+    ui: Output,
 ) -> None:
     """Write MODEL (a registry name, weight file, run folder or hf:// file) for other runtimes or the Hub.
 
@@ -111,25 +114,27 @@ def export(
     from ..export import open_source
 
     picture = _read_check_image(check_image) if check_image else None
-    source = open_source(model_ref, scale=scale, use_ema=not raw, strength=strength, denoise=denoise, progress=not as_json)
+    source = open_source(model_ref, native=scale, use_ema=not raw, strength=strength, denoise=denoise, progress=ui.show_progress)
     if licence:
         source.licence = source.metadata["esr.licence"] = licence
     report: dict = {"model": source.name, "arch": source.network.arch, "scale": source.network.scale}
     if out is not None:
-        with stderr.status("exporting", spinner="dots") if not as_json else nullcontext() as status:
-            on_stage = status.update if status is not None else None
-            result = source.export(out, fmt=fmt, fp16=fp16, overwrite=overwrite, check_image=picture, on_stage=on_stage)
-        report.update(result.as_dict())
-        if not as_json:
-            stdout.print(f"{result.path} ({result.format}, {result.bytes:,} bytes)", highlight=False)
-            for check in result.checks:
-                stdout.print(f"  matches esr on {check.describe()}", highlight=False)
-            if result.unchecked:
-                stderr.print(f"  not checked: {result.unchecked}", highlight=False)
+        report.update(_export_file(ui, source, out, fmt=fmt, fp16=fp16, overwrite=overwrite, picture=picture))
     if repo_id is not None or to_folder is not None:
-        report.update(_publish(source, repo_id, revision, private, to_folder, data_dirs, fp16, overwrite, as_json))
-    if as_json:
-        print_json(report)
+        report.update(_publish(ui, source, repo_id, revision, private, to_folder, data_dirs, fp16, overwrite))
+    ui.result(report)
+
+
+def _export_file(ui: Output, source: ExportSource, out: Path, *, fmt: str | None, fp16: bool, overwrite: bool, picture: Any) -> dict:
+    """--out: the file, checked, under a spinner; what was written and how it matched is said as it is known."""
+    with ui.status("exporting") as on_stage:
+        result = source.export(out, fmt=fmt, fp16=fp16, overwrite=overwrite, check_image=picture, on_stage=on_stage)
+    ui.show(f"{result.path} ({result.format}, {result.bytes:,} bytes)")
+    for check in result.checks:
+        ui.show(f"  matches esr on {check.describe()}")
+    if result.unchecked:
+        ui.note(f"  not checked: {result.unchecked}")
+    return result.as_dict()
 
 
 def _read_check_image(path: Path):
@@ -138,25 +143,35 @@ def _read_check_image(path: Path):
     return (path.name, read_rgb8(path))
 
 
-def _scores(source, data_dirs: tuple[Path, ...], quiet: bool) -> dict:
+def _scores(ui: Output, source: ExportSource, data_dirs: tuple[Path, ...]) -> dict:
+    """--data: the PSNR/SSIM the model card states, each set announced as it starts (it takes a while)."""
     from ..bench import evaluate_set
 
     scores = {}
     for set_dir in data_dirs:
-        if not quiet:
-            stderr.print(f"scoring {source.name} x{source.network.scale} on {set_dir.name}…", highlight=False)
+        ui.say(f"scoring {source.name} x{source.network.scale} on {set_dir.name}…")
         scores[set_dir.name] = evaluate_set(source.network, source.network.scale, set_dir)
     return scores
 
 
-def _publish(source, repo_id, revision, private, to_folder, data_dirs, fp16, overwrite, as_json) -> dict:
+def _publish(
+    ui: Output,
+    source: ExportSource,
+    repo_id: str | None,
+    revision: str,
+    private: bool,
+    to_folder: Path | None,
+    data_dirs: tuple[Path, ...],
+    fp16: bool,
+    overwrite: bool,
+) -> dict:
+    """--to-folder and --push-to-hub: the files (and the commit), said as they are made; their part of the report."""
     from ..publish import publish, write_folder
 
-    scores = _scores(source, data_dirs, as_json)
+    scores = _scores(ui, source, data_dirs)
     if repo_id is None:
         files = write_folder(source, to_folder, repo_id="OWNER/REPO", revision=revision, fp16=fp16, scores=scores, overwrite=overwrite)
-        if not as_json:
-            stdout.print(f"{to_folder}: " + ", ".join(f"{f.name} ({f.stat().st_size:,} bytes)" for f in files), highlight=False)
+        ui.show(f"{to_folder}: " + ", ".join(f"{f.name} ({f.stat().st_size:,} bytes)" for f in files))
         return {"folder": str(to_folder), "files": [f.name for f in files]}
     with tempfile.TemporaryDirectory(prefix="esr-push-") as scratch:
         folder = to_folder or Path(scratch)
@@ -166,10 +181,9 @@ def _publish(source, repo_id, revision, private, to_folder, data_dirs, fp16, ove
             raise PublishError(f"{to_folder}: not empty; everything in it would be pushed (pass --overwrite to push it anyway)")
         published = publish(source, folder, repo_id, revision=revision, private=private, fp16=fp16, scores=scores)
         entry = published.registry_entry(source)
-        if not as_json:
-            stdout.print(f"pushed {published.filename} ({published.size:,} bytes) and README.md to {repo_id}@{revision}", highlight=False)
-            stdout.print(f"commit {published.commit}  {published.url}", highlight=False)
-            stdout.print("to pin it, add to a models.toml (ESR_MODELS_TOML):\n" + entry, highlight=False, markup=False)
+        ui.show(f"pushed {published.filename} ({published.size:,} bytes) and README.md to {repo_id}@{revision}")
+        ui.show(f"commit {published.commit}  {published.url}")
+        ui.show("to pin it, add to a models.toml (ESR_MODELS_TOML):\n" + entry, markup=False)
         return {
             "repo": repo_id,
             "revision": revision,

@@ -14,7 +14,7 @@ from ..registry import (
     fused_cache_path,
 )
 from ..sources import HubSource, PackageSource, UrlSource
-from .common import print_json, stdout
+from .output import Output, output_options
 
 
 def _source_text(source: UrlSource | HubSource | PackageSource) -> str:
@@ -71,13 +71,15 @@ def models() -> None:
 
 
 @models.command("list", epilog="\b\nExamples:\n  esr models list\n  esr models list --json")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def list_models(as_json: bool) -> None:
+@output_options(json_help="Print JSON instead of a table.")
+def list_models(ui: Output) -> None:
     """A table of every model name -m accepts."""
     entries = list(default_registry())
-    if as_json:
-        print_json([_entry_json(e) for e in entries])
-        return
+    ui.result(lambda: [_entry_json(e) for e in entries], human=lambda: ui.show(_models_table(entries), highlight=None))
+
+
+def _models_table(entries: list[ModelEntry]) -> Table:
+    """`esr models list` for a person: which scales are cached, and which of them are embedded."""
     table = Table(title="esr models", title_justify="left")
     for column in ("name", "arch", "scales", "cached", "licence", "description"):
         table.add_column(column, overflow="fold")
@@ -87,33 +89,33 @@ def list_models(as_json: bool) -> None:
         )
         cached = cached or "-"
         table.add_row(e.name, e.arch, ", ".join(f"x{s}" for s in e.scales), cached, e.licence, e.title)
-    stdout.print(table)
+    return table
 
 
 @models.command("info", epilog="\b\nExamples:\n  esr models info span\n  esr models info efdn --json")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(name: str, as_json: bool) -> None:
+@output_options(json_help="Print JSON.")
+def info(name: str, ui: Output) -> None:
     """Architecture, licence, paper and pinned sources of one model."""
     data = _entry_json(default_registry().get(name))
-    if as_json:
-        print_json(data)
-        return
-    stdout.print(f"[bold]{data['name']}[/]: {data['title']}")
+    ui.result(data, human=lambda: _show_info(ui, data))
+
+
+def _show_info(ui: Output, data: dict) -> None:
+    """`esr models info` for a person: the JSON document's fields, one a line."""
+    ui.show(f"[bold]{data['name']}[/]: {data['title']}", highlight=None)
     for key in ("arch", "args", "licence", "paper", "notes"):
         if data[key]:
-            stdout.print(f"  {key}: {data[key]}", highlight=False)
+            ui.show(f"  {key}: {data[key]}")
     if data["robust"]:
-        stdout.print(
-            f"  robust partner: {data['robust']} (--denoise mixes their weights; auto, from each input, by default)", highlight=False
-        )
+        ui.show(f"  robust partner: {data['robust']} (--denoise mixes their weights; auto, from each input, by default)")
     if data["clamp_features"]:
-        stdout.print(f"  clamp_features: yes. {CLAMP_NOTE}", highlight=False)
+        ui.show(f"  clamp_features: yes. {CLAMP_NOTE}")
     for w in data["weights"]:
-        stdout.print(f"  x{w['scale']}: {w['file']}  sha256 {w['sha256']}  {w['size'] or '?'} bytes", highlight=False)
+        ui.show(f"  x{w['scale']}: {w['file']}  sha256 {w['sha256']}  {w['size'] or '?'} bytes")
         for s in w["sources"]:
-            stdout.print(f"      from {s}", highlight=False)
-        stdout.print(f"      cached: {w['cached'] or 'no'}", highlight=False)
+            ui.show(f"      from {s}")
+        ui.show(f"      cached: {w['cached'] or 'no'}")
 
 
 def _variants(entry: ModelEntry, scale: int | None) -> list[Weights]:
@@ -133,8 +135,8 @@ def _variants(entry: ModelEntry, scale: int | None) -> list[Weights]:
     type=click.Path(exists=True, dir_okay=False),
     help="Use this local copy (checked against the pinned SHA-256) instead of downloading.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def fetch(names: tuple[str, ...], fetch_all: bool, scale: int | None, from_file: str | None, quiet: bool) -> None:
+@output_options(quiet_help="No progress bars.")
+def fetch(names: tuple[str, ...], fetch_all: bool, scale: int | None, from_file: str | None, ui: Output) -> None:
     """Download, verify and fuse models once, so later runs work offline."""
     registry = default_registry()
     if fetch_all:
@@ -154,15 +156,15 @@ def fetch(names: tuple[str, ...], fetch_all: bool, scale: int | None, from_file:
         from ..loading import import_model_file
 
         path = import_model_file(entry, candidates[0], from_file)
-        stdout.print(f"{entry.name} x{candidates[0].scale}: {path}", highlight=False)
+        ui.show(f"{entry.name} x{candidates[0].scale}: {path}")
         return
     from ..loading import fetch_model
 
     for name in names:
         entry = registry.get(name)
         for weights in _variants(entry, scale):
-            path = fetch_model(entry, weights, progress=not quiet)
-            stdout.print(f"{entry.name} x{weights.scale}: {path}", highlight=False)
+            path = fetch_model(entry, weights, progress=ui.show_progress)[0]
+            ui.show(f"{entry.name} x{weights.scale}: {path}")
 
 
 @models.command("path", epilog="\b\nExamples:\n  esr models path span-tiny\n  esr models path esr-tiny -s 2")

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-from ..train.config import CONFIG, PRESETS, ConfigError, TrainConfig
-from .common import FiniteFloat, RateColumn, interrupt_code, stderr, stdout
+from ..archs import names as arch_names
+from ..runconfig import CONFIG, PRESETS, ConfigError, TrainConfig
+from .common import FiniteFloat, interrupt_code
+from .output import Output, RateColumn, output_options
 
 if TYPE_CHECKING:
     from ..train.trainer import Trainer
@@ -92,14 +94,14 @@ def configure_and_run(options: dict[str, Any], base: TrainConfig | None = None, 
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     if options["print_config"]:
-        stdout.print(cfg.to_toml(), highlight=False, markup=False)
+        options["ui"].show(cfg.to_toml(), markup=False)
         return
     if lora and not (cfg.lora.teacher and cfg.lora.student):
         raise click.UsageError("pass --teacher and --student")
-    _run(cfg, options["out"], options["resume"], options["quiet"])
+    _run(cfg, options["out"], options["resume"], options["ui"])
 
 
-def run_training(trainer: Trainer, quiet: bool) -> None:
+def run_training(trainer: Trainer, ui: Output) -> None:
     """The live view: step, loss, lr, it/s, ETA and the last validation PSNR."""
     columns = (
         TextColumn("step"),
@@ -109,7 +111,7 @@ def run_training(trainer: Trainer, quiet: bool) -> None:
         TimeRemainingColumn(),
         TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  val {task.fields[psnr]}"),
     )
-    with Progress(*columns, console=stderr, disable=quiet) as progress:
+    with ui.progress(*columns, transient=False) as progress:
         task = progress.add_task("train", total=trainer.cfg.run.steps, completed=trainer.step, loss="-", lr="-", psnr="-")
 
         def on_event(event: dict) -> None:
@@ -118,39 +120,34 @@ def run_training(trainer: Trainer, quiet: bool) -> None:
                 progress.update(task, completed=event["step"], loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
             elif kind == "val":
                 progress.update(task, psnr=f"{event['psnr']:.2f} dB")
-                progress.console.print(
-                    f"step {event['step']}: validation PSNR {event['psnr']:.3f} dB, SSIM {event['ssim']:.4f}", highlight=False
-                )
+                ui.note(f"step {event['step']}: validation PSNR {event['psnr']:.3f} dB, SSIM {event['ssim']:.4f}")
             elif kind == "start":
-                if not quiet:
-                    progress.console.print(
-                        f"training on {event['images']} images, {event['world']} process(es) on {event['device']} in {event['precision']}, "
-                        f"{event['workers']} data worker(s){' (auto)' if trainer.cfg.data.workers == 'auto' else ''}, from step {event['step']}",
-                        highlight=False,
-                    )
-                if event["left_out"]:  # shown even with --quiet: it changes what the run learns from
-                    stderr.print(
-                        f"left out {event['left_out']} of {event['images'] + event['left_out']} images smaller than an HR patch "
-                        f"of {event['patch']} px (a smaller --lr-patch keeps them)",
-                        highlight=False,
-                    )
-                if trainer.cfg.model.init and event["step"] == 0 and not quiet:
-                    fresh = ", ".join(event["left_at_init"]) or "nothing"
-                    narrowed = f" ({event['narrowed_init']})" if event["narrowed_init"] else ""
-                    progress.console.print(
-                        f"started from {trainer.cfg.model.init}{narrowed}; left at initial values: {fresh}", highlight=False
-                    )
-            elif kind == "labelling" and not quiet:
-                progress.console.print(
-                    f"labelling {event['images']} images with the teacher {event['teacher']} (once per run)", highlight=False
-                )
+                _say_start(ui, trainer, event)
+            elif kind == "labelling":
+                ui.say(f"labelling {event['images']} images with the teacher {event['teacher']} (once per run)")
             elif kind == "interrupted":
-                progress.console.print(
-                    f"interrupted: checkpoint saved at step {event['step']}; continue with esr train --resume {trainer.run_dir}",
-                    highlight=False,
-                )
+                ui.note(f"interrupted: checkpoint saved at step {event['step']}; continue with esr train --resume {trainer.run_dir}")
 
         trainer.fit(on_event)
+
+
+def _say_start(ui: Output, trainer: Trainer, event: dict) -> None:
+    """What the run trains on, where and from what; images left out are said even with --quiet (it changes what
+    the run learns from)."""
+    workers = f"{event['workers']} data worker(s){' (auto)' if trainer.cfg.data.workers == 'auto' else ''}"
+    ui.say(
+        f"training on {event['images']} images, {event['world']} process(es) on {event['device']} in {event['precision']}, "
+        f"{workers}, from step {event['step']}"
+    )
+    if event["left_out"]:
+        ui.note(
+            f"left out {event['left_out']} of {event['images'] + event['left_out']} images smaller than an HR patch "
+            f"of {event['patch']} px (a smaller --lr-patch keeps them)"
+        )
+    if trainer.cfg.model.init and event["step"] == 0:
+        fresh = ", ".join(event["left_at_init"]) or "nothing"
+        narrowed = f" ({event['narrowed_init']})" if event["narrowed_init"] else ""
+        ui.say(f"started from {trainer.cfg.model.init}{narrowed}; left at initial values: {fresh}")
 
 
 def run_options(f):
@@ -208,7 +205,7 @@ def run_options(f):
                 help="Any config value, e.g. --set loss.gv=1 --set optim.schedule=multistep.",
             ),
             click.option("--print-config", is_flag=True, help="Print the resolved config as TOML and exit."),
-            click.option("--quiet", is_flag=True, help="No live view."),
+            output_options(quiet_help="No live view."),
         ]
     ):
         f = option(f)
@@ -216,7 +213,7 @@ def run_options(f):
 
 
 @click.command(epilog=EXAMPLES)
-@click.option("--arch", type=click.Choice(["span", "efdn", "espan", "spanf"]), help="Architecture.")
+@click.option("--arch", help=f"Architecture: {', '.join(arch_names())} (or one added with esrcli.archs.register).")
 @click.option("--channels", type=int, help="Feature channels.")
 @click.option("--scale", type=int, help="Upscaling factor.")
 @click.option(
@@ -262,7 +259,7 @@ def finetune_lora(**options: Any) -> None:
     configure_and_run(options, base=finetune_defaults(), lora=True)
 
 
-def _run(cfg: TrainConfig, out: Path | None, resume: Path | None, quiet: bool) -> None:
+def _run(cfg: TrainConfig, out: Path | None, resume: Path | None, ui: Output) -> None:
     run_dir = resume or out
     if run_dir is None:
         raise click.UsageError("pass --out RUN_DIR (or --resume RUN_DIR)")
@@ -274,7 +271,7 @@ def _run(cfg: TrainConfig, out: Path | None, resume: Path | None, quiet: bool) -
 
     trainer = Trainer(cfg, run_dir, resume=resume is not None)
     try:
-        run_training(trainer, quiet)
+        run_training(trainer, ui)
     except KeyboardInterrupt as exc:  # the trainer saved a checkpoint and said so
         sys.exit(interrupt_code(exc))
     finally:

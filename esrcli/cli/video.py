@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..registry import DEFAULT_MODEL
-from .common import (
-    FiniteFloat,
-    RateColumn,
-    denoise_option,
-    device_options,
-    fail,
-    interrupt_code,
-    model_option,
-    open_pipeline,
-    print_json,
-    ray_options,
-    stderr,
-    tiling_options,
-)
+from .common import FiniteFloat, denoise_option, device_options, interrupt_code, model_option, open_pipeline, ray_options, tiling_options
+from .output import Output, counting_columns, output_options
+
+if TYPE_CHECKING:
+    from ..api import Model
+    from ..jobs import ModelSpec, Ray
+    from ..scaling import Pipeline
+    from ..video import EncodeSettings, VideoJob, VideoResult
 
 HWACCEL_CHOICES = ["none", "auto", "cuda"]  # esrcli.video.HWACCELS, without importing it (and torch) for --help
 
@@ -111,61 +106,45 @@ def _rate(value: str | None) -> Fraction | None:
 @device_options
 @ray_options
 @denoise_option()
-@click.option(
-    "-v", "--verbose", is_flag=True, help="Print the input's size, frames, timing and streams, the model, the scale plan and --denoise."
+@output_options(
+    verbose_help="Print the input's size, frames, timing and streams, the model, the scale plan and --denoise.",
+    quiet_help="No progress bar.",
+    json_help="Print a JSON summary on stdout.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def video(
-    src,
-    dst,
-    model_ref,
-    scale,
-    tile,
-    overlap,
-    batch,
-    codec,
-    crf,
-    preset,
-    pix_fmt,
-    fps,
-    ffmpeg_args,
-    segment_seconds,
-    resume,
-    overwrite,
-    allow_truncated,
-    hwaccel,
-    device,
-    precision,
-    ray_address,
-    ray_workers,
-    denoise,
-    verbose,
-    quiet,
-    as_json,
+    src: Path,
+    dst: Path,
+    model_ref: str,
+    scale: float | None,
+    tile: int | None,
+    overlap: int | None,
+    batch: int | None,
+    codec: str,
+    crf: int | None,
+    preset: str | None,
+    pix_fmt: str,
+    fps: str | None,
+    ffmpeg_args: tuple[str, ...],
+    segment_seconds: float,
+    resume: bool,
+    overwrite: bool,
+    allow_truncated: bool,
+    hwaccel: str,
+    device: str,
+    precision: str,
+    ray_address: str | None,
+    ray_workers: int | None,
+    denoise: float | str | None,
+    ui: Output,
 ) -> None:
     """Upscale a video: exact frame count and rate, every stream kept, resumable."""
-    from ..jobs import ModelSpec, Ray, upscale_one_video, video_summary
-    from ..scaling import format_scale
-    from ..video import DENOISE_SAMPLES, EncodeSettings, VideoError, VideoJob, check_hardware, check_output, default_crf, parts_dir
+    from ..jobs import ModelSpec, Ray, video_summary
+    from ..video import VideoJob
 
     started = time.perf_counter()
-    encode = EncodeSettings(
-        codec=codec,
-        crf=default_crf(codec) if crf is None else None if crf < 0 else crf,
-        preset=preset,
-        pix_fmt=pix_fmt,
-        fps=_rate(fps),
-        extra=list(ffmpeg_args),
-    )
-    try:  # an output that cannot be made, a --crf the encoder cannot take, hardware that is not there: one line before the model loads
-        check_output(src, dst, overwrite=overwrite)
-        encode.check(dst)
-        check_hardware(encode, hwaccel, src, dst)
-    except VideoError as exc:
-        fail(_line(exc))
-        raise SystemExit(1) from None
-    model, pipeline, (runs_on, runs_in) = open_pipeline(
+    encode = _encode_settings(codec, crf, preset, pix_fmt, fps, ffmpeg_args)
+    _check_before_model(ui, src, dst, encode, hwaccel, overwrite)
+    model, pipeline, runs = open_pipeline(
         model_ref,
         device,
         precision,
@@ -174,16 +153,15 @@ def video(
         overlap=overlap,
         batch=batch,
         ray=bool(ray_address),
-        progress=not (quiet or as_json),
+        progress=ui.show_progress,
         denoise=denoise,
     )
-    plan = pipeline.plan
     job = VideoJob(
         src,
         dst,
         pipeline,
         encode,
-        model_key=f"{model.name}:{model.source}:{runs_in}",
+        model_key=f"{model.name}:{model.source}:{runs[1]}",
         segment_seconds=segment_seconds,
         resume=resume,
         overwrite=overwrite,
@@ -191,34 +169,80 @@ def video(
         hwaccel=hwaccel,
     )
     ray = Ray(ray_address, ray_workers or 0).open() if ray_address else None  # before any progress bar: a refusal is one line
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=stderr, disable=quiet or as_json, transient=True) as progress:
-        task = progress.add_task("frames", total=None)
+    spec = ModelSpec(model_ref, device, precision, scale, denoise)
+    result, cluster = _run(ui, job, spec, ray, on_info=_describer(ui, src, model, pipeline, runs))
+    seconds = time.perf_counter() - started
+    _say_after(ui, src, result, cluster, pipeline)
+    ui.result(
+        lambda: video_summary(job, result, model=model.name, seconds=seconds, cluster=cluster),
+        human=lambda: ui.say(
+            f"{dst}: {result.frames} frames at {result.rate} fps, {result.size[0]}x{result.size[1]}, in {seconds:.1f} s", markup=False
+        ),
+    )
 
-        def on_info(info) -> None:
-            if verbose and not as_json:
-                timing = f"{info.rate} fps" + (" (variable: output at this average rate)" if info.vfr else "")
-                kinds = ", ".join(f"{s.kind} {s.codec}" for s in info.streams)
-                progress.console.print(
-                    f"{src}: {info.width}x{info.height}, {info.frames} frames, {timing}; streams: {kinds}", highlight=False, markup=False
-                )
-                progress.console.print(
-                    f"model {model.name} on {runs_on} ({str(runs_in).removeprefix('torch.')}), x{format_scale(plan.target)}: {plan.describe()}",
-                    highlight=False,
-                    markup=False,
-                )
+
+def _encode_settings(
+    codec: str, crf: int | None, preset: str | None, pix_fmt: str, fps: str | None, extra: tuple[str, ...]
+) -> EncodeSettings:
+    """The encoder options; --crf's default is the codec's, and -1 leaves rate control to the encoder."""
+    from ..video import EncodeSettings, default_crf
+
+    crf = default_crf(codec) if crf is None else None if crf < 0 else crf
+    return EncodeSettings(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, fps=_rate(fps), extra=list(extra))
+
+
+def _check_before_model(ui: Output, src: Path, dst: Path, encode: EncodeSettings, hwaccel: str, overwrite: bool) -> None:
+    """An output that cannot be made, a --crf the encoder cannot take, hardware that is not there: one line
+    (in every mode) and exit code 1, before the model loads."""
+    from ..video import VideoError, check_hardware, check_output
+
+    try:
+        check_output(src, dst, overwrite=overwrite)
+        encode.check(dst)
+        check_hardware(encode, hwaccel, src, dst)
+    except VideoError as exc:
+        ui.error(_line(exc))
+        raise SystemExit(1) from None
+
+
+def _describer(ui: Output, src: Path, model: Model, pipeline: Pipeline, runs: tuple[object, object]) -> Callable[[Any], None]:
+    """-v, once the input is probed: its size, frames, timing and streams, and the model and scale plan."""
+    from ..scaling import format_scale
+
+    def on_info(info: Any) -> None:
+        if not ui.verbose:
+            return
+        runs_on, runs_in = runs
+        plan = pipeline.plan
+        timing = f"{info.rate} fps" + (" (variable: output at this average rate)" if info.vfr else "")
+        kinds = ", ".join(f"{s.kind} {s.codec}" for s in info.streams)
+        ui.detail(f"{src}: {info.width}x{info.height}, {info.frames} frames, {timing}; streams: {kinds}", markup=False)
+        ui.detail(
+            f"model {model.name} on {runs_on} ({str(runs_in).removeprefix('torch.')}), x{format_scale(plan.target)}: {plan.describe()}",
+            markup=False,
+        )
+
+    return on_info
+
+
+def _run(ui: Output, job: VideoJob, spec: ModelSpec, ray: Ray | None, on_info: Callable[[Any], None]) -> tuple[VideoResult, Any]:
+    """The frames under one bar. An interrupt or a failure is one line (with what was kept) and its exit code;
+    the cluster is left either way."""
+    from ..jobs import upscale_one_video
+    from ..video import VideoError, parts_dir
+
+    with ui.progress(*counting_columns()) as progress:
+        task = progress.add_task("frames", total=None)
 
         def on_progress(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
         try:
-            result, cluster = upscale_one_video(
-                job, ModelSpec(model_ref, device, precision, scale, denoise), ray=ray, on_progress=on_progress, on_info=on_info
-            )
+            return upscale_one_video(job, spec, ray=ray, on_progress=on_progress, on_info=on_info)
         except KeyboardInterrupt as exc:
             progress.stop()
-            folder = parts_dir(dst)
-            fail(
+            folder = parts_dir(job.dst)
+            ui.error(
                 f"interrupted: finished segments are kept in {escape(str(folder))}; run the same command with --resume to continue"
                 if folder.is_dir()
                 else "interrupted before any segment was finished; nothing is kept"
@@ -226,28 +250,21 @@ def video(
             raise SystemExit(interrupt_code(exc)) from None
         except VideoError as exc:
             progress.stop()
-            fail(_line(exc))
+            ui.error(_line(exc))
             raise SystemExit(1) from None
         finally:
             if ray is not None:
                 ray.close()
-    seconds = time.perf_counter() - started
-    if verbose and not as_json and (result.denoise or pipeline.choose is not None):
+
+
+def _say_after(ui: Output, src: Path, result: VideoResult, cluster: Any, pipeline: Pipeline) -> None:
+    """Before the closing line: -v's --denoise strength, a worker retried, and a truncated input (even with --quiet)."""
+    from ..video import DENOISE_SAMPLES
+
+    if ui.verbose and (result.denoise or pipeline.choose is not None):
         how = f"auto, from {DENOISE_SAMPLES} frames" if pipeline.choose is not None else "as asked"
-        stderr.print(f"{src}: denoise {result.denoise:g} ({how})", highlight=False, markup=False)
-    if cluster and cluster.retried and not as_json:
-        stderr.print(f"retried on another worker after one died: {', '.join(cluster.retried)}", highlight=False)
-    if result.missing and not as_json:
-        stderr.print(
-            f"warning: {src} is truncated: {float(result.missing):.3f} s of its video are missing from the output",
-            highlight=False,
-            markup=False,
-        )
-    if as_json:
-        print_json(video_summary(job, result, model=model.name, seconds=seconds, cluster=cluster))
-    elif not quiet:
-        stderr.print(
-            f"{dst}: {result.frames} frames at {result.rate} fps, {result.size[0]}x{result.size[1]}, in {seconds:.1f} s",
-            highlight=False,
-            markup=False,
-        )
+        ui.detail(f"{src}: denoise {result.denoise:g} ({how})", markup=False)
+    if cluster and cluster.retried:
+        ui.note(f"retried on another worker after one died: {', '.join(cluster.retried)}")
+    if result.missing:
+        ui.warning(f"{src} is truncated: {float(result.missing):.3f} s of its video are missing from the output")

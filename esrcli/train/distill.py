@@ -17,14 +17,14 @@ from torch import Tensor, nn
 from ..imresize import mod_crop
 from ..loading import load_reference
 from ..lora import affinity_loss, tapped, taps
-from .config import LoraConfig, TrainConfig, TrainingError
+from ..runconfig import LoraConfig, TrainConfig, TrainingError
 from .data import Source, bicubic_lr
 from .losses import LossFn, trim
 
 
 def load_teacher(reference: str, scale: int, device: torch.device, against: str = "run") -> nn.Module:
     """The frozen teacher of a distillation, refused in one line where its scale is not the run's."""
-    teacher = load_reference(reference, scale=scale, device=device, progress=False).network.eval().requires_grad_(False)
+    teacher = load_reference(reference, native=scale, device=device, progress=False).network.eval().requires_grad_(False)
     if teacher.scale != scale:
         raise TrainingError(f"the teacher {reference} is x{teacher.scale} but the {against} is x{scale}: pick models of one scale")
     return teacher

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import LossConfig
+from ..runconfig import LossConfig
 
 # (sr, hr) -> (loss, terms): the terms detached but left on the device, read back only when logged.
 LossFn = Callable[[Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]]

@@ -9,13 +9,12 @@ DistributedDataParallel; rank 0 alone validates, logs and checkpoints.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +23,27 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..archs import SRNet, build
-from ..atomic import atomic_write
 from ..bench import evaluate_set
 from ..degrade import Degrader
-from ..device import native_bf16, resolve_device, warn_if_emulated_bf16
-from ..errors import EsrError, EsrWarning
-from ..runs import describe, read_checkpoint, student_depth
-from .config import CHECKPOINT, CONFIG, METRICS, TrainConfig, TrainingError
+from ..device import native_bf16, warn_if_emulated_bf16
+from ..errors import EsrWarning
+from ..runconfig import CHECKPOINT, CONFIG, METRICS, TrainConfig, TrainingError
+from ..runs import read_checkpoint, student_depth
+from .checkpoint import checkpoint_state, restore, save_atomic, truncate_metrics
 from .data import MARGIN, PatchDataset, Source, load_sources, make_loader, narrowing_patches, resolve_workers, starvation_warning
 from .losses import build_loss, has_terms, trim
+from .network import AtDepth, build_or_explain, warm_start
+from .network import build_network as build_network  # where callers and tests have always found it
+from .ranks import digest, place
 
 Event = dict[str, Any]
 Terms = dict[str, torch.Tensor | float]  # a step's loss terms, as the loss function or hook left them
+EmaTensors = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]  # EMA and model: parameters, buffers
 
 
 def diverged(step: int, loss: float) -> TrainingError:
     """The error that stops a run whose loss left the finite numbers (`step` as metrics.jsonl numbers it)."""
     return TrainingError(f'step {step}: the loss is {loss}; lower optim.lr or use run.amp = "none"')
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size): torchrun's environment, or a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -67,71 +61,12 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     raise TrainingError(f"unknown schedule '{o.schedule}' (cosine or multistep)")
 
 
-def build_network(cfg: TrainConfig) -> SRNet:
-    """The training network: for LoRA runs the frozen student with adapters; for ESPAN
-    self-distillation, with the teacher's extra blocks."""
-    if cfg.lora.student:
-        from ..loading import load_reference, remove_clamp
-        from ..lora import LoRAGroup, add_lora
-
-        # As released: a feature clamp (models.toml clamp_features) holds these weights' ranges, not the finetuned ones'.
-        student = remove_clamp(load_reference(cfg.lora.student, progress=False).network)
-        add_lora(student, [LoRAGroup(g["pattern"], int(g["rank"]), float(g["alpha"])) for g in cfg.lora.groups])
-        return student
-    args = dict(cfg.model.args)
-    if cfg.recipe.name == "espan-sd":
-        if cfg.model.arch != "espan":
-            raise TrainingError('the espan-sd recipe trains ESPAN: set model.arch = "espan"')
-        args["n_blocks"] = args.get("n_blocks", 5) + cfg.recipe.extra_blocks
-    elif cfg.recipe.name != "plain":
-        raise TrainingError(f"unknown recipe '{cfg.recipe.name}' (plain or espan-sd)")
-    return build(cfg.model.arch, form=cfg.model.form, scale=cfg.model.scale, **args)
-
-
-def warm_start(network: nn.Module, ref: str, samples: Callable[[], torch.Tensor] | None = None) -> tuple[list[str], str]:
-    """Copy the tensors of `ref` whose names and shapes match into `network`; return the names left
-    at their initial values, and how `ref` was narrowed ("" if it was not). A wider model of the same
-    architecture is narrowed to the network's widths first (train.narrow), judged on `samples()` (LR
-    patches). The source is the fused model, so this suits form = "fused" runs."""
-    from ..loading import load_reference, remove_clamp
-    from .narrow import can_narrow, narrowed_weights
-
-    source = remove_clamp(load_reference(ref, progress=False).network)  # the clamp describes the weights as they are
-    if source.arch != network.arch:
-        raise TrainingError(f"model.init '{ref}' is a {source.arch} model, but this run trains {network.arch}")
-    own, theirs, narrowed = network.state_dict(), source.state_dict(), ""
-    if samples is not None and can_narrow(source, network):
-        theirs = narrowed_weights(source, network, samples())
-        narrowed = f"narrowed from {source.config.get('channels')} to {network.config.get('channels')} channels"
-    fits = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
-    if not any(k in fits for k, _ in network.named_parameters()):
-        raise TrainingError(f"model.init '{ref}': none of its weights fit this network (same arch, width and form?)")
-    network.load_state_dict(fits, strict=False)
-    return sorted(set(own) - set(fits)), narrowed
-
-
-class AtDepth(nn.Module):
-    """An ESPAN evaluated at one backbone depth (the student during self-distillation)."""
-
-    def __init__(self, network: nn.Module, depth: int) -> None:
-        super().__init__()
-        self.network, self.depth = network, depth
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x, depths=(self.depth,))[0]
-
-
-def digest(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
+def ema_tensors(ema: nn.Module, network: nn.Module) -> EmaTensors:
+    """The tensors Trainer._update_ema works on, listed once (loading a checkpoint copies into them):
+    the EMA's and the network's trained parameters, then their buffers."""
+    pairs = [(e, p.detach()) for e, p in zip(ema.parameters(), network.parameters()) if p.requires_grad]
+    buffers = list(zip(ema.buffers(), network.buffers()))
+    return [e for e, _ in pairs], [p for _, p in pairs], [e for e, _ in buffers], [b for _, b in buffers]
 
 
 class Trainer:
@@ -141,84 +76,27 @@ class Trainer:
         self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, network: nn.Module | None = None, loss_hook: Callable | None = None
     ) -> None:
         self.cfg, self.run_dir = cfg.validate(), Path(run_dir)
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
-        self.device = resolve_device(cfg.run.device)
-        if self.device.type == "cpu":
-            # Gradients of a nearly trained network (a warm start, a finetune) underflow into
-            # subnormal floats, which the CPU handles many times slower: measured 2.4x on a step.
-            torch.set_flush_denormal(True)
-        self.rank, self.world = init_distributed(self.device)
-        if self.device.type == "cuda" and self.world > 1:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
+        self.device, self.rank, self.world = place(cfg)
         self.main = self.rank == 0
-        if self.device.type == "cuda":
-            # Every step has the same shapes (fixed patches and batch): cuDNN's autotuner picks the fastest
-            # convolution algorithms once, in the first steps, and reuses them.
-            torch.backends.cudnn.benchmark = True
         self.amp = self._amp_dtype()
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
-        self.workers = resolve_workers(cfg.data.workers, self.device, local_world, degraded=cfg.degradation.enabled)
-        starving = starvation_warning(cfg.degradation.preset, self.workers, cfg.data.batch, cfg.data.lr_patch, cfg.model.scale, self.device)
-        if starving and self.main:
-            warnings.warn(starving, EsrWarning, stacklevel=2)
+        self.workers = self._data_workers()
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-        try:
-            self.network = network if network is not None else build_network(cfg)
-        except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a width the architecture cannot have
-            if isinstance(exc, EsrError):
-                raise
-            raise TrainingError(f"cannot build the network {cfg.model.arch} with {cfg.model.args}: {' '.join(str(exc).split())}") from None
         self.left_at_init: list[str] = []  # with model.init: the tensors the source did not fit
         self.narrowed_init = ""  # with model.init wider than the network: how it was narrowed
-        if cfg.model.init and network is None and not resume and not cfg.lora.student:
-            self.left_at_init, self.narrowed_init = warm_start(
-                self.network, cfg.model.init, lambda: narrowing_patches(cfg.data.train, cfg.model.scale)
-            )
-        self.network = self.network.to(self.device)
-        if cfg.lora.student:  # the data follows the student's scale
-            cfg.model.arch, cfg.model.scale = self.network.arch, self.network.scale
-        if cfg.run.channels_last and self.device.type != "mps":
-            self.network = self.network.to(memory_format=torch.channels_last)
+        self.network = self._network(network, resume)
         self.trainable = [p for p in self.network.parameters() if p.requires_grad]
         self.ema = copy.deepcopy(self.network).eval().requires_grad_(False) if cfg.optim.ema else None
-        self._ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
-        if self.ema is not None:  # the tensors _update_ema works on, listed once: loading a checkpoint copies into them
-            pairs = [(e, p.detach()) for e, p in zip(self.ema.parameters(), self.network.parameters()) if p.requires_grad]
-            buffers = list(zip(self.ema.buffers(), self.network.buffers()))
-            self._ema_pairs = ([e for e, _ in pairs], [p for _, p in pairs], [e for e, _ in buffers], [b for _, b in buffers])
-        self.model: nn.Module = self.network
-        if self.world > 1:
-            unused = cfg.recipe.name == "espan-sd"
-            # The buffers are constants (SPAN's mean, EDBB's masks): no running statistics to broadcast.
-            self.model = nn.parallel.DistributedDataParallel(self.network, find_unused_parameters=unused, broadcast_buffers=False)
+        self._ema_pairs: EmaTensors | None = ema_tensors(self.ema, self.network) if self.ema is not None else None
+        self.model: nn.Module = self._distributed(self.network)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(cfg, step))
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
-        if cfg.loss.border < 0 or 2 * cfg.loss.border >= cfg.data.lr_patch:
-            raise TrainingError(
-                f"loss.border {cfg.loss.border} leaves nothing of an LR patch of {cfg.data.lr_patch} px: use 0 to {(cfg.data.lr_patch - 1) // 2}"
-            )
+        self._check_border()
         self.loss_fn = build_loss(cfg.loss)
-        self.loss_hook = loss_hook  # extra terms: (lr, sr, hr) -> (loss, parts), sr and hr without the border
-        if self.loss_hook is None and cfg.lora.student:
-            from .distill import Distillation
-
-            self.loss_hook = Distillation(cfg.lora, self.network, self.device, border=cfg.loss.border)
-        elif self.loss_hook is None and cfg.recipe.name == "espan-sd":
-            from .distill import SelfDistillation
-
-            self.loss_hook = SelfDistillation(cfg, self.loss_fn, border=cfg.loss.border)
-        self.teacher: nn.Module | None = None  # distill.teacher: labels the training images when fit starts
-        if cfg.distill.teacher:
-            from .distill import load_teacher
-
-            self.teacher = load_teacher(cfg.distill.teacher, cfg.model.scale, self.device)
-        distills = bool(cfg.lora.student) and bool(cfg.lora.teacher_weight or cfg.lora.affinity_weight)
-        distills |= bool(cfg.distill.teacher and cfg.distill.weight)
-        if not has_terms(cfg.loss) and not distills and loss_hook is None:
-            raise TrainingError("every loss weight is zero: set one of loss.l1, l2, charbonnier, gv, freq (or a lora teacher term)")
+        # Extra terms: (lr, sr, hr) -> (loss, parts), sr and hr without the border.
+        self.loss_hook = loss_hook if loss_hook is not None else self._recipe_hook()
+        self.teacher: nn.Module | None = self._teacher()  # distill.teacher: labels the training images when fit starts
+        self._check_some_loss(given_hook=loss_hook)
         self.step = 0
         if resume:
             self.load()
@@ -226,7 +104,78 @@ class Trainer:
 
     # --- setup ----------------------------------------------------------------------------
 
+    def _data_workers(self) -> int:
+        """data.workers resolved for this device and node; rank 0 warns when they look too few to feed it."""
+        cfg = self.cfg
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        workers = resolve_workers(cfg.data.workers, self.device, local_world, degraded=cfg.degradation.enabled)
+        starving = starvation_warning(cfg.degradation.preset, workers, cfg.data.batch, cfg.data.lr_patch, cfg.model.scale, self.device)
+        if starving and self.main:
+            warnings.warn(starving, EsrWarning, stacklevel=3)  # at the caller of Trainer()
+        return workers
+
+    def _network(self, given: nn.Module | None, resume: bool) -> nn.Module:
+        """The network to train, on the device: `given`, or built from the config and, on a fresh run with
+        model.init, warm-started (noting in left_at_init and narrowed_init what did not carry over)."""
+        cfg = self.cfg
+        network = given if given is not None else build_or_explain(cfg)
+        if cfg.model.init and given is None and not resume and not cfg.lora.student:
+            self.left_at_init, self.narrowed_init = warm_start(
+                network, cfg.model.init, lambda: narrowing_patches(cfg.data.train, cfg.model.scale)
+            )
+        network = network.to(self.device)
+        if cfg.lora.student:  # the data follows the student's scale
+            cfg.model.arch, cfg.model.scale = network.arch, network.scale
+        if cfg.run.channels_last and self.device.type != "mps":
+            network = network.to(memory_format=torch.channels_last)
+        return network
+
+    def _distributed(self, network: nn.Module) -> nn.Module:
+        """What the steps call: `network` itself, or under torchrun its DistributedDataParallel wrapper."""
+        if self.world == 1:
+            return network
+        unused = self.cfg.recipe.name == "espan-sd"
+        # The buffers are constants (SPAN's mean, EDBB's masks): no running statistics to broadcast.
+        return nn.parallel.DistributedDataParallel(network, find_unused_parameters=unused, broadcast_buffers=False)
+
+    def _check_border(self) -> None:
+        """loss.border must leave some of an LR patch for the loss to see."""
+        border, patch = self.cfg.loss.border, self.cfg.data.lr_patch
+        if border < 0 or 2 * border >= patch:
+            raise TrainingError(f"loss.border {border} leaves nothing of an LR patch of {patch} px: use 0 to {(patch - 1) // 2}")
+
+    def _recipe_hook(self) -> Callable | None:
+        """The loss hook the run's recipe brings, when none is given: DSCLoRA's distillation for a LoRA
+        student, ESPAN's self-distillation for espan-sd. Its terms see sr and hr without the border."""
+        cfg = self.cfg
+        if cfg.lora.student:
+            from .distill import Distillation
+
+            return Distillation(cfg.lora, self.network, self.device, border=cfg.loss.border)
+        if cfg.recipe.name == "espan-sd":
+            from .distill import SelfDistillation
+
+            return SelfDistillation(cfg, self.loss_fn, border=cfg.loss.border)
+        return None
+
+    def _teacher(self) -> nn.Module | None:
+        """distill.teacher's network, on the device, or None without one."""
+        if not self.cfg.distill.teacher:
+            return None
+        from .distill import load_teacher
+
+        return load_teacher(self.cfg.distill.teacher, self.cfg.model.scale, self.device)
+
+    def _check_some_loss(self, given_hook: Callable | None) -> None:
+        """Refuse a run with nothing to learn from: every loss weight zero, no distillation, no hook given."""
+        cfg = self.cfg
+        distills = bool(cfg.lora.student) and bool(cfg.lora.teacher_weight or cfg.lora.affinity_weight)
+        distills |= bool(cfg.distill.teacher and cfg.distill.weight)
+        if not has_terms(cfg.loss) and not distills and given_hook is None:
+            raise TrainingError("every loss weight is zero: set one of loss.l1, l2, charbonnier, gv, freq (or a lora teacher term)")
+
     def _amp_dtype(self) -> torch.dtype | None:
+        """run.amp as the autocast dtype (None: fp32), refusing what this device cannot do."""
         amp = self.cfg.run.amp
         if amp == "auto":  # what the shipped configs say: bf16 only where it is not emulated
             amp = "bf16" if self.device.type in ("cuda", "cpu") and native_bf16(self.device) else "none"
@@ -241,6 +190,7 @@ class Trainer:
         return torch.bfloat16 if amp == "bf16" else torch.float16
 
     def _optimizer(self) -> torch.optim.Optimizer:
+        """optim.name's optimizer over the parameters that train (requires_grad)."""
         o = self.cfg.optim
         kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
         if o.name not in kinds:
@@ -250,6 +200,7 @@ class Trainer:
         return kinds[o.name](self.trainable, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
     def _tensorboard(self) -> Any:
+        """A SummaryWriter in tb/ on rank 0 when tensorboard is installed, else None."""
         if not self.main:
             return None
         try:
@@ -261,19 +212,11 @@ class Trainer:
     # --- state ----------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "model": self.network.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "torch_rng": torch.get_rng_state(),
-            "config": self.cfg.to_dict(),
-            "network": describe(self.network, self.cfg),  # what loading the run rebuilds, without this trainer
-        }
+        """What checkpoint.pt holds for the run as it is now."""
+        return checkpoint_state(self.step, self.cfg, self.network, self.ema, self.optimizer, self.scheduler, self.scaler)
 
     def save(self) -> None:
+        """Write checkpoint.pt (rank 0), with every rank waiting for it."""
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_atomic(self.state(), self.run_dir / CHECKPOINT)
@@ -281,33 +224,14 @@ class Trainer:
             dist.barrier()
 
     def load(self) -> None:
+        """Resume from checkpoint.pt; rank 0 drops the records logged after it."""
         path = self.run_dir / CHECKPOINT
         if not path.is_file():
             raise TrainingError(f"{self.run_dir}: no {CHECKPOINT} to resume from")
         state = read_checkpoint(self.run_dir)
-        try:
-            self.network.load_state_dict(state["model"])
-            if self.ema is not None and state["ema"] is not None:
-                self.ema.load_state_dict(state["ema"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            if self.scaler and state["scaler"]:
-                self.scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["torch_rng"].cpu())
-            self.step = int(state["step"])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-            raise TrainingError(
-                f"{path}: not a checkpoint of this run ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
-            ) from None
+        self.step = restore(state, path, self.network, self.ema, self.optimizer, self.scheduler, self.scaler)
         if self.main:
-            self._truncate_metrics(self.step)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop records logged after the checkpoint: the resumed run logs those steps again."""
-        path = self.run_dir / METRICS
-        if path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-            path.write_text("".join(f"{line}\n" for line in kept))
+            truncate_metrics(self.run_dir, self.step)
 
     # --- steps ----------------------------------------------------------------------------
 
@@ -389,6 +313,11 @@ class Trainer:
             if not math.isfinite(value):
                 raise diverged(step, value)
 
+    def _stop_if_window_diverged(self, window: list[torch.Tensor]) -> None:
+        """_stop_if_diverged on the losses of the steps since the last record, still on the device."""
+        if window:
+            self._stop_if_diverged(self._read(window, {})[0], self.step - len(window) + 1)
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         """ema = lerp(ema, weights, 1 - decay) for every trained tensor, in one multi-tensor call: the same
@@ -410,6 +339,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float] | None:
+        """PSNR and SSIM (Y channel) of the evaluation network on data.val; None without data.val."""
         if not self.cfg.data.val:
             return None
         network = self.evaluation_network().eval()
@@ -419,6 +349,7 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------
 
     def log(self, record: Event) -> None:
+        """Append `record` to metrics.jsonl and tensorboard (rank 0 alone)."""
         if not self.main:
             return
         with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
@@ -438,6 +369,19 @@ class Trainer:
         if self.step >= cfg.run.steps:
             emit({"kind": "done", "step": self.step})
             return
+        sources = self._sources(emit)
+        degrader = Degrader(cfg.degradation, cfg.model.scale) if cfg.degradation.enabled else None
+        dataset = PatchDataset(sources, cfg.model.scale, cfg.data.lr_patch, cfg.run.seed, self.rank, degrader)
+        loader = make_loader(dataset, self.step, cfg.run.steps, cfg.data.batch, self.workers, pin_memory=self.device.type == "cuda")
+        emit(self._start_event(dataset))
+        self._train(loader, emit)
+        self._check_ranks_in_sync(emit)
+        emit({"kind": "done", "step": self.step})
+
+    def _sources(self, emit: Callable[[Event], None]) -> list[Source]:
+        """The training images: data.train's, data.graphics' generated ones, and with distill.teacher the
+        teacher's outputs as their labels (after which the teacher is dropped)."""
+        cfg = self.cfg
         sources = load_sources(cfg.data.train, cfg.model.scale)
         if cfg.data.graphics:
             from .graphics import graphics_images
@@ -449,67 +393,80 @@ class Trainer:
             emit({"kind": "labelling", "step": self.step, "images": len(sources), "teacher": cfg.distill.teacher})
             sources = label_with_teacher(sources, cfg.model.scale, self.teacher, self.device)
             self.teacher = None  # its work is done: free its memory for the run
-        degrader = Degrader(cfg.degradation, cfg.model.scale) if cfg.degradation.enabled else None
-        dataset = PatchDataset(sources, cfg.model.scale, cfg.data.lr_patch, cfg.run.seed, self.rank, degrader)
-        loader = make_loader(dataset, self.step, cfg.run.steps, cfg.data.batch, self.workers, pin_memory=self.device.type == "cuda")
-        emit(
-            {
-                "kind": "start",
-                "step": self.step,
-                "steps": cfg.run.steps,
-                "images": len(dataset.sources),
-                "left_out": dataset.left_out,
-                "patch": (cfg.data.lr_patch + 2 * MARGIN) * cfg.model.scale,
-                "world": self.world,
-                "workers": self.workers,
-                "device": str(self.device),
-                "precision": "fp32"
-                if self.amp is None
-                else str(self.amp).removeprefix("torch.").replace("bfloat16", "bf16").replace("float16", "fp16"),
-                "left_at_init": self.left_at_init,
-                "narrowed_init": self.narrowed_init,
-            }
+        return sources
+
+    def _start_event(self, dataset: PatchDataset) -> Event:
+        """What a run reports as it starts: where it is, its data and how it computes."""
+        cfg = self.cfg
+        precision = (
+            "fp32" if self.amp is None else str(self.amp).removeprefix("torch.").replace("bfloat16", "bf16").replace("float16", "fp16")
         )
-        # The losses of the steps since the last log stay on the device until the next: reading them is a
-        # wait for the GPU, so it happens once per run.log_every steps (and before validating or saving).
-        window_start, window, parts = time.perf_counter(), [], {}
+        return {
+            "kind": "start",
+            "step": self.step,
+            "steps": cfg.run.steps,
+            "images": len(dataset.sources),
+            "left_out": dataset.left_out,
+            "patch": (cfg.data.lr_patch + 2 * MARGIN) * cfg.model.scale,
+            "world": self.world,
+            "workers": self.workers,
+            "device": str(self.device),
+            "precision": precision,
+            "left_at_init": self.left_at_init,
+            "narrowed_init": self.narrowed_init,
+        }
+
+    def _train(self, loader: Iterable, emit: Callable[[Event], None]) -> None:
+        """The steps, each followed by what is due: a record, validation, a checkpoint. A Ctrl-C saves a
+        checkpoint (unless the steps since the last record diverged), then propagates.
+
+        The losses of the steps since the last log stay on the device until the next: reading them is a
+        wait for the GPU, so it happens once per run.log_every steps (and before validating or saving)."""
+        cfg = self.cfg
+        window: list[torch.Tensor] = []  # the losses of the steps since the last record, still on the device
+        window_start = time.perf_counter()
         try:
             for lr, hr, *teacher in loader:
                 loss, parts = self._step(lr, hr, *teacher)
                 window.append(loss)
                 if self.step % cfg.run.log_every == 0 or self.step == cfg.run.steps:
-                    losses, terms = self._read(window, parts)
-                    self._stop_if_diverged(losses, self.step - len(window) + 1)
-                    rate = len(window) / max(1e-9, time.perf_counter() - window_start)
-                    record = {
-                        "step": self.step,
-                        "loss": sum(losses) / len(losses),  # the mean over the steps since the last record
-                        **terms,  # the last step's
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "it_s": round(rate, 3),
-                    }
-                    self.log(record)
-                    emit({"kind": "step", **record})
+                    self._log_window(window, parts, window_start, emit)
                     window_start, window = time.perf_counter(), []
-                validating = bool(cfg.run.val_every and self.step % cfg.run.val_every == 0) or self.step == cfg.run.steps
-                saving = bool(cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0) or self.step == cfg.run.steps
-                if window and (validating or saving):  # never validate or save weights that diverged
-                    self._stop_if_diverged(self._read(window, {})[0], self.step - len(window) + 1)
-                if validating:
-                    if self.main and (scores := self.validate()):
-                        self.log({"step": self.step, **{f"val_{k}": v for k, v in scores.items()}})
-                        emit({"kind": "val", "step": self.step, **scores})
-                if saving:
-                    self.save()
-                    emit({"kind": "checkpoint", "step": self.step})
+                self._validate_and_save(window, emit)
         except KeyboardInterrupt:
-            if window:  # a diverged run keeps its last good checkpoint
-                self._stop_if_diverged(self._read(window, {})[0], self.step - len(window) + 1)
+            self._stop_if_window_diverged(window)  # a diverged run keeps its last good checkpoint
             self.save()
             emit({"kind": "interrupted", "step": self.step})
             raise
-        self._check_ranks_in_sync(emit)
-        emit({"kind": "done", "step": self.step})
+
+    def _log_window(self, window: list[torch.Tensor], parts: Terms, window_start: float, emit: Callable[[Event], None]) -> None:
+        """Read back the losses of the steps since the last record (stopping a diverged run) and log them."""
+        losses, terms = self._read(window, parts)
+        self._stop_if_diverged(losses, self.step - len(window) + 1)
+        rate = len(window) / max(1e-9, time.perf_counter() - window_start)
+        record = {
+            "step": self.step,
+            "loss": sum(losses) / len(losses),  # the mean over the steps since the last record
+            **terms,  # the last step's
+            "lr": self.scheduler.get_last_lr()[0],
+            "it_s": round(rate, 3),
+        }
+        self.log(record)
+        emit({"kind": "step", **record})
+
+    def _validate_and_save(self, window: list[torch.Tensor], emit: Callable[[Event], None]) -> None:
+        """Validate and checkpoint where run.val_every and run.ckpt_every (and the last step) say."""
+        cfg = self.cfg
+        validating = bool(cfg.run.val_every and self.step % cfg.run.val_every == 0) or self.step == cfg.run.steps
+        saving = bool(cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0) or self.step == cfg.run.steps
+        if validating or saving:  # never validate or save weights that diverged
+            self._stop_if_window_diverged(window)
+        if validating and self.main and (scores := self.validate()):
+            self.log({"step": self.step, **{f"val_{k}": v for k, v in scores.items()}})
+            emit({"kind": "val", "step": self.step, **scores})
+        if saving:
+            self.save()
+            emit({"kind": "checkpoint", "step": self.step})
 
     def _check_ranks_in_sync(self, emit: Callable[[Event], None]) -> None:
         """Every rank must end with the same weights; a mismatch means DDP went wrong."""

@@ -14,8 +14,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError as ConfigError
-from ..errors import TrainingError as TrainingError
+from .archs import names as arch_names
+from .degrade_config import PRESETS as PRESETS
+from .degrade_config import DegradationConfig
+from .errors import ConfigError as ConfigError
+from .errors import TrainingError as TrainingError
 
 # The files of a run folder.
 CHECKPOINT = "checkpoint.pt"
@@ -25,7 +28,7 @@ METRICS = "metrics.jsonl"
 
 @dataclass
 class ModelConfig:
-    arch: str = "span"  # span | efdn | espan | spanf
+    arch: str = "span"  # an architecture id: esrcli.archs.names()
     scale: int = 4
     form: str = "train"  # "train": re-parameterisable branches, fused at export; "fused": plain convs
     args: dict[str, Any] = field(default_factory=dict)  # constructor arguments, e.g. channels
@@ -104,25 +107,16 @@ class RecipeConfig:
     shrink_every: int = 0  # espan-sd: drop one extra block every N steps (0 = steps / (extra_blocks + 1))
 
 
-# Where the released DSCLoRA training code puts adapters in SPAN: every block conv r=2/alpha=4, the
-# conv before the pixel shuffle and the pixel-shuffle conv r=8/alpha=16; conv_1 and conv_cat frozen.
-DSCLORA_GROUPS: tuple[dict[str, Any], ...] = (
-    {"pattern": "block_*.c?_r.eval_conv", "rank": 2, "alpha": 4.0},
-    {"pattern": "conv_2.eval_conv", "rank": 8, "alpha": 16.0},
-    {"pattern": "upsampler.0", "rank": 8, "alpha": 16.0},
-)
-# Where its affinity distillation taps the features: the pre-activation convs of blocks 1 to 3.
-DSCLORA_TAPS: tuple[str, ...] = ("block_1.c?_r", "block_2.c?_r", "block_3.c?_r")
-
-
 @dataclass
 class LoraConfig:
     """esr finetune-lora: a frozen student with ConvLoRA adapters, supervised by a frozen teacher."""
 
     student: str = ""  # registry name, weight file or run folder; empty = not a LoRA run
     teacher: str = ""
-    groups: list[dict[str, Any]] = field(default_factory=lambda: [dict(g) for g in DSCLORA_GROUPS])
-    taps: list[str] = field(default_factory=lambda: list(DSCLORA_TAPS))
+    # Adapters ({pattern, rank, alpha}, first match wins) and affinity taps; empty: the student
+    # architecture's own placement (SPAN declares DSCLoRA's, see esrcli.archs.span).
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    taps: list[str] = field(default_factory=list)
     teacher_weight: float = 1.0  # L1(SR_student, SR_teacher); loss.l1 weighs L1(SR_student, HR)
     # Spatial affinity. FAKD's 0.5 / 0.5 / 10 on 0..255 images would be 1 / 1 / 0.08 on 0..1 images, but
     # between two different networks the nine affinity distances sum to ~1 (vs L1 ~0.006), and 0.08 cost
@@ -140,133 +134,6 @@ class DistillConfig:
 
     teacher: str = ""  # registry name, weight file or run folder; empty = no teacher
     weight: float = 1.0
-
-
-@dataclass
-class DegradationConfig:
-    """How training LR is made from HR. preset "none" turns it off (plain MATLAB bicubic).
-
-    Fields left unset (None) take the preset's value; see PRESETS. Ranges are [low, high] and
-    drawn uniformly; `*_kernels` and `*_modes` are {name: weight}."""
-
-    preset: str = "none"  # none | jpeg | light | realesrgan
-    # first order
-    blur_prob: float | None = None
-    kernel_size: list[int] | None = None  # odd sizes, [smallest, largest]
-    kernels: dict[str, float] | None = None  # iso, aniso, generalized_iso, generalized_aniso, plateau_iso, plateau_aniso, sinc
-    sigma: list[float] | None = None
-    beta_generalized: list[float] | None = None
-    beta_plateau: list[float] | None = None
-    resize_probs: list[float] | None = None  # up, down, keep
-    resize_range: list[float] | None = None
-    resize_modes: dict[str, float] | None = None  # area, bilinear, bicubic
-    noise_prob: float | None = None
-    gaussian_noise_prob: float | None = None  # else Poisson
-    noise_sigma: list[float] | None = None  # Gaussian, 0..255 scale
-    poisson_scale: list[float] | None = None
-    gray_noise_prob: float | None = None
-    jpeg_prob: float | None = None
-    jpeg_range: list[float] | None = None
-    # second order
-    second_order_prob: float | None = None
-    blur_prob2: float | None = None
-    sigma2: list[float] | None = None
-    resize_probs2: list[float] | None = None
-    resize_range2: list[float] | None = None
-    noise_sigma2: list[float] | None = None
-    poisson_scale2: list[float] | None = None
-    jpeg_range2: list[float] | None = None
-    # the last resize to HR / scale
-    final_modes: dict[str, float] | None = None  # area, bilinear, bicubic, matlab (MATLAB's antialiased bicubic)
-    final_sinc_prob: float | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.preset != "none"
-
-    def resolved(self) -> dict[str, Any]:
-        """Every field's value: the explicit ones over the preset's."""
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown degradation preset '{self.preset}' (known: {', '.join(PRESETS)})")
-        values = dict(PRESETS[self.preset])
-        values.update({f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None})
-        return values
-
-
-# Hand-wrapped table: ruff's trailing `` does not keep multi-line entries.
-_REALESRGAN: dict[str, Any] = {
-    # The ranges of the Real-ESRGAN paper (first and second order).
-    "blur_prob": 1.0,
-    "kernel_size": [7, 21],
-    "kernels": {
-        "iso": 0.45,
-        "aniso": 0.25,
-        "generalized_iso": 0.12,
-        "generalized_aniso": 0.03,
-        "plateau_iso": 0.12,
-        "plateau_aniso": 0.03,
-        "sinc": 0.1,
-    },
-    "sigma": [0.2, 3.0],
-    "beta_generalized": [0.5, 4.0],
-    "beta_plateau": [1.0, 2.0],
-    "resize_probs": [0.2, 0.7, 0.1],
-    "resize_range": [0.15, 1.5],
-    "resize_modes": {"area": 1.0, "bilinear": 1.0, "bicubic": 1.0},
-    "noise_prob": 1.0,
-    "gaussian_noise_prob": 0.5,
-    "noise_sigma": [1.0, 30.0],
-    "poisson_scale": [0.05, 3.0],
-    "gray_noise_prob": 0.4,
-    "jpeg_prob": 1.0,
-    "jpeg_range": [30.0, 95.0],
-    "second_order_prob": 1.0,
-    "blur_prob2": 0.8,
-    "sigma2": [0.2, 1.5],
-    "resize_probs2": [0.3, 0.4, 0.3],
-    "resize_range2": [0.3, 1.2],
-    "noise_sigma2": [1.0, 25.0],
-    "poisson_scale2": [0.05, 2.5],
-    "jpeg_range2": [30.0, 95.0],
-    "final_modes": {"area": 1.0, "bilinear": 1.0, "bicubic": 1.0},
-    "final_sinc_prob": 0.8,
-}
-
-# Hand-wrapped table: ruff's trailing `` does not keep multi-line entries.
-PRESETS: dict[str, dict[str, Any]] = {
-    "none": {},
-    # JPEG alone: MATLAB bicubic, then quality 30-95 (85% of samples); the rest stay clean.
-    "jpeg": {
-        **_REALESRGAN,
-        "blur_prob": 0.0,
-        "resize_probs": [0.0, 0.0, 1.0],
-        "noise_prob": 0.0,
-        "jpeg_prob": 0.85,
-        "second_order_prob": 0.0,
-        "final_modes": {"matlab": 1.0},
-        "final_sinc_prob": 0.0,
-    },
-    # What photos and video frames carry, at strengths that keep clean inputs sharp: mild blur (40%),
-    # noise (40%), JPEG (70%), no second order; a fifth of samples stay clean bicubic.
-    "light": {
-        **_REALESRGAN,
-        "blur_prob": 0.4,
-        "kernel_size": [7, 15],
-        "kernels": {"iso": 0.6, "aniso": 0.3, "generalized_iso": 0.05, "plateau_iso": 0.05},
-        "sigma": [0.2, 1.6],
-        "resize_probs": [0.0, 0.0, 1.0],
-        "noise_prob": 0.4,
-        "gaussian_noise_prob": 0.8,
-        "noise_sigma": [1.0, 12.0],
-        "poisson_scale": [0.05, 1.0],
-        "jpeg_prob": 0.7,
-        "jpeg_range": [35.0, 95.0],
-        "second_order_prob": 0.0,
-        "final_modes": {"matlab": 0.6, "area": 0.2, "bicubic": 0.2},
-        "final_sinc_prob": 0.05,
-    },
-    "realesrgan": _REALESRGAN,
-}
 
 
 SECTIONS = {
@@ -299,9 +166,7 @@ def _probability(v: Any) -> bool:
 
 
 # What each setting may be: checked once before a run starts, so a bad value is one line, not a crash.
-# Hand-wrapped table: ruff's trailing `` does not keep multi-line entries.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model.arch": (_one_of("span", "efdn", "espan", "spanf"), "span, efdn, espan or spanf"),
     "model.scale": (lambda v: isinstance(v, int) and 2 <= v <= 8, "an integer from 2 to 8"),
     "model.form": (_one_of("train", "fused"), "train or fused"),
     "data.train": (lambda v: all(isinstance(x, str) for x in v), "a list of folders"),
@@ -435,7 +300,9 @@ class TrainConfig:
 
     def validate(self, where: str = "config") -> TrainConfig:
         """Every setting within its range (RULES), or a ConfigError naming the first that is not."""
-        rules = {**RULES, **{key: (_at_least(0), "0 or more") for key in NON_NEGATIVE}}
+        known = arch_names()  # the registered architectures (no torch)
+        arch_rule = (_one_of(*known), ", ".join(known[:-1]) + f" or {known[-1]}")
+        rules = {"model.arch": arch_rule, **RULES, **{key: (_at_least(0), "0 or more") for key in NON_NEGATIVE}}
         for dotted, (ok, expected) in rules.items():
             section, _, key = dotted.partition(".")
             value = getattr(getattr(self, section), key)
