@@ -23,11 +23,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .batch import ALPHA_MODES, upscale_picture
+from .batch import ALPHA_MODES, upscale_animation, upscale_picture
 from .denoise import AUTO, DenoiseError, mix, parse_strength
 from .device import resolve_device, resolve_precision, use_fixed_shapes
+from .ensemble import SelfEnsemble, check_tta, views_per_call
 from .errors import InputError as InputError
 from .imagefile import Picture, picture_from_pil, to_8bit
+from .imagefile.animation import animation_from_pil, is_animated_pil
 from .loading import LoadedModel, load_reference, place
 from .refs import ModelRef
 from .registry import DEFAULT_MODEL
@@ -44,7 +46,8 @@ class Model:
     """A model reference opened on one device in one precision, ready to upscale by any factor.
 
     `scale` is the factor `upscale` uses by default (the model's own unless given); a registry
-    model loads its other native variants when a factor needs them."""
+    model loads its other native variants when a factor needs them. `tta` (--tta) is whether `upscale`
+    and `pipeline` run the x8 self-ensemble by default (esrcli.ensemble): 8x the work, a little sharper."""
 
     def __init__(
         self,
@@ -55,8 +58,10 @@ class Model:
         precision: str = "auto",
         denoise: float | str | None = None,
         progress: bool = False,
+        tta: bool = False,
     ) -> None:
         self.ref = ref
+        self.tta = check_tta(tta)
         self.model_ref = ModelRef.parse(ref)  # what `ref` names, decided once
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
@@ -126,21 +131,24 @@ class Model:
         tiling: Mapping[int, TilePlan] | None = None,
         plan_for: tuple[torch.device, torch.dtype] | None = None,
         denoise: float | str | None = None,
+        tta: bool | None = None,
     ) -> Pipeline:
         """The passes and tiling that reach `scale`: tile None plans from the memory free on the device
         (`plan_for`'s, when the model is only opened to plan work for other machines), 0 runs whole images.
         `tiling` (another pipeline's `.tiling`) reuses a plan made elsewhere, so a Ray worker cuts the same
         tiles as the driver and gives the same pixels. `denoise` (default: the model's) is a strength, or
         "auto": then `Pipeline.for_input` picks the pipeline of the strength each input calls for (passes
-        at a scale the partner lacks run unmixed)."""
+        at a scale the partner lacks run unmixed). `tta` (default: the model's) runs every pass as the x8
+        self-ensemble, decided here once for every tile, batch and pass."""
         check_tiling(tile, overlap, batch)
+        tta = self.tta if tta is None else check_tta(tta)
         strength = self.denoise if denoise is None else parse_strength(denoise)
         if strength != 0.0 and not self.partner:
             raise DenoiseError(f"{self.ref}: --denoise needs a model with a robust partner to mix with (models.toml robust)")
         target = self.scale if scale is None else scale
-        settings = {"tile": tile, "overlap": overlap, "batch": batch, "tiling": tiling, "plan_for": plan_for}
+        settings = {"tile": tile, "overlap": overlap, "batch": batch, "tiling": tiling, "plan_for": plan_for, "tta": tta}
         if strength == AUTO:  # the unmixed pipeline, which picks another for each input
-            key = (target, tuple(sorted((tiling or {}).items())), tile, overlap, batch, plan_for, AUTO)
+            key = (target, tuple(sorted((tiling or {}).items())), tile, overlap, batch, plan_for, tta, AUTO)
             if key not in self._pipelines:
                 self._pipelines[key] = replace(self._mixed(target, 0.0, **settings), choose=lambda t: self._mixed(target, t, **settings))
             return self._pipelines[key]
@@ -162,27 +170,33 @@ class Model:
         batch: int | None,
         tiling: Mapping[int, TilePlan] | None,
         plan_for: tuple[torch.device, torch.dtype] | None,
+        tta: bool = False,
     ) -> Pipeline:
-        """The pipeline of one strength (made once): passes at a scale the partner lacks run unmixed."""
+        """The pipeline of one strength (made once): passes at a scale the partner lacks run unmixed. Under
+        --tta each pass's network (and its fp32 twin) is wrapped in the self-ensemble, and the tile plan
+        budgets for the views that run at once on the device it is made for."""
         device, dtype = plan_for or (self.device, self.dtype)
-        key = (target, tile, overlap, batch, tuple(sorted((tiling or {}).items())), device, dtype, strength)
+        key = (target, tile, overlap, batch, tuple(sorted((tiling or {}).items())), device, dtype, strength, tta)
         if key not in self._pipelines:
             plan = plan_scale(self.native, target)
             upscalers = {}
             for s in plan.scales:
                 mixed = strength if s in self.partner_scales() else 0.0
-                network = self._variant(s, mixed).network
+                network, fp32 = self._variant(s, mixed).network, self._fp32.get((s, mixed))
+                if tta:
+                    network = SelfEnsemble(network, per_call=views_per_call(self.device))
+                    fp32 = None if fp32 is None else SelfEnsemble(fp32, per_call=views_per_call(self.device))
                 if tiling is not None and s in tiling:
                     tiles = tiling[s]
                 elif tile is None:
-                    auto = auto_plan(network, s, device, dtype, overlap)
+                    auto = auto_plan(network, s, device, dtype, overlap, views=views_per_call(device) if tta else 1)
                     tiles = TilePlan(auto.tile, auto.overlap, batch or auto.batch, whole=auto.whole)
                 else:
                     tiles = TilePlan(tile, default_overlap(network) if overlap is None else overlap, batch or 1)
                 check_tiling(tiles.tile, tiles.overlap, tiles.batch)
-                upscalers[s] = Upscaler(network, s, tiles, fp32=self._fp32.get((s, mixed)))
+                upscalers[s] = Upscaler(network, s, tiles, fp32=fp32)
             mixed_any = any(s in self.partner_scales() for s in plan.scales)
-            self._pipelines[key] = Pipeline(plan, upscalers, strength=strength if mixed_any else 0.0)
+            self._pipelines[key] = Pipeline(plan, upscalers, strength=strength if mixed_any else 0.0, tta=tta)
         return self._pipelines[key]
 
     def upscale(
@@ -195,6 +209,7 @@ class Model:
         alpha: str = "model",
         exif_transpose: bool = True,
         on_tile: Callable[[int], None] | None = None,
+        tta: bool | None = None,
     ) -> ImageLike:
         """`image` upscaled by `scale` (default: the model's), in the type and layout it came in.
 
@@ -205,18 +220,47 @@ class Model:
         it), and constant, fully opaque and fully transparent areas stay exact.
 
         As `esr upscale` does with a file, a PIL image's EXIF orientation is applied (the result is
-        upright and its EXIF says so; `exif_transpose=False` keeps the stored pixel order), and an
-        animated image is refused. Every error is an EsrError."""
+        upright and its EXIF says so; `exif_transpose=False` keeps the stored pixel order). An animated
+        PIL image (GIF, WebP, APNG with more than one frame) comes back as a list of upscaled frames,
+        each the full canvas as a viewer shows it (RGB, or RGBA where the animation has transparency),
+        with its duration in ms in `.info["duration"]` and the loop count in `.info["loop"]` (see
+        `upscale_frames`). `tta=True` (default: the model's `tta`) is `--tta`: the mean of the
+        8 flips and turns of the input, each upscaled and turned back. Every error is an EsrError."""
         if alpha not in ALPHA_MODES:
             raise InputError(f"alpha {alpha!r}: must be one of {', '.join(map(repr, ALPHA_MODES))}")
-        pipeline = self.pipeline(scale, tile=tile, overlap=overlap)
+        pipeline = self.pipeline(scale, tile=tile, overlap=overlap, tta=tta)
         if isinstance(image, Image.Image):
+            if is_animated_pil(image):
+                return _upscale_frames(image, pipeline, alpha, on_tile)
             return _upscale_pil(image, pipeline, alpha, on_tile, exif_transpose)
         if isinstance(image, np.ndarray):
             return _upscale_array(image, pipeline, alpha, on_tile)
         if isinstance(image, torch.Tensor):
             return _upscale_tensor(image, pipeline, on_tile)
         raise InputError(f"cannot upscale a {type(image).__name__}: pass a PIL image, a numpy array or a torch tensor")
+
+    def upscale_frames(
+        self,
+        image: Image.Image,
+        *,
+        scale: float | None = None,
+        tile: int | None = None,
+        overlap: int | None = None,
+        alpha: str = "model",
+        on_tile: Callable[[int], None] | None = None,
+        tta: bool | None = None,
+    ) -> list[Image.Image]:
+        """Every frame of a PIL image upscaled, in order, as `esr upscale` does an animated file: a list
+        of PIL images (RGB, or RGBA where any frame has transparency), each the full canvas, with its
+        duration (ms) in `.info["duration"]` and the loop count in `.info["loop"]` (0: forever; absent
+        if the file said nothing). A still image gives a one-frame list. Save them with
+        `frames[0].save(path, save_all=True, append_images=frames[1:], duration=[f.info["duration"] for f in frames])`."""
+        if alpha not in ALPHA_MODES:
+            raise InputError(f"alpha {alpha!r}: must be one of {', '.join(map(repr, ALPHA_MODES))}")
+        if not isinstance(image, Image.Image):
+            raise InputError(f"upscale_frames takes a PIL image, not a {type(image).__name__}")
+        pipeline = self.pipeline(scale, tile=tile, overlap=overlap, tta=tta)
+        return _upscale_frames(image, pipeline, alpha, on_tile)
 
     def export(
         self,
@@ -241,12 +285,19 @@ class Model:
 
 
 def load_model(
-    name_or_path: str, *, scale: float | None = None, device: str = "auto", precision: str = "auto", denoise: float | str | None = None
+    name_or_path: str,
+    *,
+    scale: float | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    denoise: float | str | None = None,
+    tta: bool = False,
 ) -> Model:
     """Open a model: a registry name (esr models list), a .pth/.safetensors file, an esr train run
     folder or hf://owner/repo/file. Weights are downloaded, verified and fused once, then cached.
-    `denoise` (0..1 or "auto", the default for models with a robust partner) is `--denoise`."""
-    return Model(str(name_or_path), scale=scale, device=device, precision=precision, denoise=denoise)
+    `denoise` (0..1 or "auto", the default for models with a robust partner) is `--denoise`; `tta` is
+    `--tta`, the x8 self-ensemble, for every `upscale` that does not say otherwise."""
+    return Model(str(name_or_path), scale=scale, device=device, precision=precision, denoise=denoise, tta=tta)
 
 
 @lru_cache(maxsize=4)
@@ -264,10 +315,11 @@ def upscale(
     tile: int | None = None,
     exif_transpose: bool = True,
     denoise: float | str | None = None,
+    tta: bool = False,
 ) -> ImageLike:
     """Upscale one image with `model` (opened once and kept for later calls); see Model.upscale."""
     model_ = _cached_model(str(model), device, precision, parse_strength(denoise))
-    return model_.upscale(image, scale=scale, tile=tile, exif_transpose=exif_transpose)
+    return model_.upscale(image, scale=scale, tile=tile, exif_transpose=exif_transpose, tta=check_tta(tta))
 
 
 # --- conversions -----------------------------------------------------------------------------
@@ -282,6 +334,19 @@ def _upscale_pil(image: Image.Image, pipeline: Pipeline, alpha: str, on_tile: An
     if picture.exif:
         out.info["exif"] = picture.exif  # orientation reset to 1 where it was applied
     return out
+
+
+def _upscale_frames(image: Image.Image, pipeline: Pipeline, alpha: str, on_tile: Any) -> list[Image.Image]:
+    animation = animation_from_pil(image)
+    result = upscale_animation(animation, pipeline, alpha_mode=alpha, on_tile=on_tile)
+    frames = []
+    for frame, duration in zip(result.frames, result.durations):
+        out = _to_pil(frame)
+        out.info["duration"] = duration
+        if result.loop is not None:
+            out.info["loop"] = result.loop
+        frames.append(out)
+    return frames
 
 
 def _to_pil(picture: Picture) -> Image.Image:

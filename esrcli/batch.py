@@ -1,6 +1,8 @@
 """Upscaling pictures and batches of files: alpha, exact sizes, output naming, safe outputs.
 
-Independent of the CLI: `esr upscale` only parses options, shows progress and prints.
+Independent of the CLI: `esr upscale` only parses options, shows progress and prints. An animated
+GIF, WebP or APNG is one task whose frames go through the model in order (`upscale_animation`) and
+are written back in an animated format, or as a video for a video suffix (esrcli.video.frames).
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from .engine import Stages, run_stages
-from .imagefile import ImageError, Picture, check_storable, read_image, write_image
+from .errors import VideoError
+from .imagefile import ImageError, Picture, _max_pixels, check_storable, read_image, write_image
+from .imagefile.animation import (
+    ANIMATED_SUFFIXES,
+    VIDEO_SUFFIXES,
+    Animation,
+    format_for_animation,
+    is_animated,
+    read_animation,
+    write_animation,
+)
 from .paths import FORMATS, check_name_part, format_for_suffix, inside, list_images
 from .scaling import Pipeline, resample, target_size
 
@@ -46,7 +58,30 @@ def upscale_picture(
     pipeline, denoise = pipeline.for_input(picture.pixels, picture.jpeg_tables)
     pixels = pipeline.run(picture.pixels, on_tile)
     alpha = None if picture.alpha is None else upscale_alpha(picture.alpha, pipeline, alpha_mode, on_tile)
-    return Picture(pixels=pixels, alpha=alpha, icc_profile=picture.icc_profile, exif=picture.exif, format=picture.format, denoise=denoise)
+    return Picture(
+        pixels=pixels,
+        alpha=alpha,
+        icc_profile=picture.icc_profile,
+        exif=picture.exif,
+        format=picture.format,
+        denoise=denoise,
+        source_bits=picture.source_bits,  # a 10 or 12-bit AVIF/HEIC source is written back at its depth
+    )
+
+
+def upscale_animation(
+    animation: Animation,
+    pipeline: Pipeline,
+    *,
+    alpha_mode: str = "model",
+    on_tile: Callable[[int], None] | None = None,
+) -> Animation:
+    """Every frame upscaled in order through the same pipeline, durations and loop count kept. Under
+    --denoise auto one strength serves the whole animation (as for a video), so that it does not flicker."""
+    sample = animation.frames[:: max(1, len(animation.frames) // 8)]
+    pipeline = pipeline.for_frames([frame.pixels for frame in sample])
+    frames = [upscale_picture(frame, pipeline, alpha_mode=alpha_mode, on_tile=on_tile) for frame in animation.frames]
+    return Animation(frames=frames, durations=list(animation.durations), loop=animation.loop, format=animation.format)
 
 
 def upscale_alpha(alpha: np.ndarray, pipeline: Pipeline, mode: str = "model", on_tile: Callable[[int], None] | None = None) -> np.ndarray:
@@ -91,7 +126,8 @@ def _surrounded_by(mask: np.ndarray, radius: int) -> np.ndarray:
 class Task:
     source: Path
     output: Path
-    format: str  # a key of FORMATS, decided once when the batch is planned
+    format: str  # a key of FORMATS, decided once when the batch is planned ("gif" or "video" for an animation too)
+    animated: bool = False  # an animated GIF, WebP or APNG: every frame is upscaled
 
 
 @dataclass
@@ -179,10 +215,29 @@ def plan_batch(inputs: Iterable[str], *, out: Path | None, recursive: bool, suff
     if out_is_file and len(files) > 1:
         batch.failures.append(Outcome(out, None, "failed", f"{out}: -o names one file, but there are {len(files)} inputs: pass a folder"))
         return batch
+    planned = plan_files(files, out=out, out_is_file=out_is_file, recursive=recursive, suffix=suffix, fmt=fmt)
+    planned.failures[:0] = batch.failures
+    return planned
+
+
+def plan_files(
+    files: list[tuple[Path, Path | None]], *, out: Path | None, out_is_file: bool = False, recursive: bool, suffix: str, fmt: str
+) -> Batch:
+    """`plan_batch` once the inputs are files, each with the folder it was found under (or None): also
+    how `esr upscale --watch` plans each file that arrives."""
+    batch = Batch()
     sources = {f.resolve() for f, _ in files}
     writers: dict[Path, list[Path]] = {}
     for f, root in files:
+        animated = f.suffix.lower() in ANIMATED_SUFFIXES and is_animated(f)
+        if animated and fmt not in ("same", "png", "webp"):
+            batch.failures.append(
+                Outcome(f, None, "failed", f"{f}: an animated image cannot be written as {fmt}; use --format png or webp")
+            )
+            continue
         target = output_path(f, root, out=out, out_is_file=out_is_file, suffix=suffix, fmt=fmt)
+        if animated and fmt == "same" and not out_is_file:
+            target = target.with_suffix(f.suffix)  # an animated GIF stays a GIF (a still one becomes PNG)
         if out is not None and not out_is_file and not inside(target, out):  # a glob with ".." mirrored under -o
             batch.failures.append(
                 Outcome(
@@ -199,6 +254,19 @@ def plan_batch(inputs: Iterable[str], *, out: Path | None, recursive: bool, suff
             )
             continue
         out_format = fmt if fmt != "same" else format_for_suffix(target.suffix)
+        if animated:
+            out_format = "video" if target.suffix.lower() in VIDEO_SUFFIXES else format_for_animation(target.suffix)
+            if out_format is None:
+                batch.failures.append(
+                    Outcome(
+                        f,
+                        target,
+                        "failed",
+                        f"{target}: {f} is animated, and {target.suffix or 'a file without a suffix'} cannot hold an animation; "
+                        "use .gif, .webp, .png (APNG) or a video (.mp4, .mkv, .mov, .webm)",
+                    )
+                )
+                continue
         if out_format is None:  # only an -o FILE can name a suffix esr does not write
             batch.failures.append(
                 Outcome(
@@ -211,7 +279,7 @@ def plan_batch(inputs: Iterable[str], *, out: Path | None, recursive: bool, suff
             )
             continue
         writers.setdefault(target.resolve(), []).append(f)
-        batch.tasks.append(Task(f, target, out_format))
+        batch.tasks.append(Task(f, target, out_format, animated))
     clashes = [(task.output, writers[task.output.resolve()]) for task in batch.tasks if len(writers[task.output.resolve()]) > 1]
     if clashes:
         # Never let one input's result silently replace (or skip) another's: refuse before any work.
@@ -219,16 +287,20 @@ def plan_batch(inputs: Iterable[str], *, out: Path | None, recursive: bool, suff
         for target, names in clashes:
             if target.resolve() not in seen:
                 seen.add(target.resolve())
-                if len({n.parent.resolve() for n in names}) == 1:
-                    hint = "they differ only in format: upscale them in separate runs with different --suffix"
-                elif not recursive:
-                    hint = "use --recursive to mirror the folders under -o"
-                else:
-                    hint = "use a different -o or --suffix for each"
-                listed = " and ".join(str(n) for n in names)
-                batch.failures.append(Outcome(names[0], target, "failed", f"{target}: would be written by {listed}; {hint}"))
+                batch.failures.append(Outcome(names[0], target, "failed", clash_message(target, names, recursive)))
         batch.tasks = []
     return batch
+
+
+def clash_message(target: Path, names: list[Path], recursive: bool) -> str:
+    """Why `target` is written by none of `names`, and what to do."""
+    if len({n.parent.resolve() for n in names}) == 1:
+        hint = "they differ only in format: upscale them in separate runs with different --suffix"
+    elif not recursive:
+        hint = "use --recursive to mirror the folders under -o"
+    else:
+        hint = "use a different -o or --suffix for each"
+    return f"{target}: would be written by {' and '.join(str(n) for n in names)}; {hint}"
 
 
 @dataclass(frozen=True)
@@ -237,13 +309,16 @@ class Settings:
     alpha_mode: str = "model"  # or "bicubic"
     overwrite: bool = False
     allow_large: bool = False
+    dither: bool = False  # GIF output: Floyd-Steinberg dithering onto its palette
 
 
-def load(task: Task, settings: Settings) -> Picture | Outcome:
-    """The picture to upscale, or the Outcome that ends the task early (skipped, unreadable)."""
+def load(task: Task, settings: Settings) -> Picture | Animation | Outcome:
+    """The picture (or animation) to upscale, or the Outcome that ends the task early (skipped, unreadable)."""
     if task.output.exists() and not settings.overwrite:
         return Outcome(task.source, task.output, "skipped", f"{task.output} exists (use --overwrite)")
     try:
+        if task.animated:
+            return read_animation(task.source, max_pixels=None if settings.allow_large else _max_pixels())
         picture = read_image(task.source, allow_large=settings.allow_large)
         check_storable(picture, task.format, str(task.source))
     except ImageError as exc:
@@ -252,15 +327,17 @@ def load(task: Task, settings: Settings) -> Picture | Outcome:
 
 
 def compute_one(
-    task: Task, picture: Picture, pipeline: Pipeline, settings: Settings, on_tile: Callable[[int], None] | None = None
-) -> Picture | Outcome:
+    task: Task, picture: Picture | Animation, pipeline: Pipeline, settings: Settings, on_tile: Callable[[int], None] | None = None
+) -> Picture | Animation | Outcome:
     try:
+        if isinstance(picture, Animation):
+            return upscale_animation(picture, pipeline, alpha_mode=settings.alpha_mode, on_tile=on_tile)
         return upscale_picture(picture, pipeline, alpha_mode=settings.alpha_mode, on_tile=on_tile)
     except (ImageError, MemoryError) as exc:
         return Outcome(task.source, task.output, "failed", f"{task.source}: {exc}")
 
 
-def save(task: Task, result: Picture, settings: Settings) -> Outcome:
+def save(task: Task, result: Picture | Animation, settings: Settings) -> Outcome:
     """Write atomically; a failure is an Outcome, never an exception."""
     try:
         try:
@@ -268,12 +345,35 @@ def save(task: Task, result: Picture, settings: Settings) -> Outcome:
         except (FileExistsError, NotADirectoryError):
             blocker = next((p for p in reversed(task.output.parents) if p.exists() and not p.is_dir()), task.output.parent)
             return Outcome(task.source, task.output, "failed", f"{task.output}: cannot write ({blocker} is a file, not a folder)")
-        path = write_image(result, task.output, format=task.format, quality=settings.quality)
-    except ImageError as exc:
+        if isinstance(result, Animation):
+            path = _write_animation(task, result, settings)
+        else:
+            path = write_image(result, task.output, format=task.format, quality=settings.quality)
+    except (ImageError, VideoError) as exc:
         return Outcome(task.source, task.output, "failed", str(exc))
     except OSError as exc:
         return Outcome(task.source, task.output, "failed", f"{task.output}: cannot write ({exc.strerror or exc})")
-    return Outcome(task.source, path, "done", denoise=result.denoise)
+    denoise = result.frames[0].denoise if isinstance(result, Animation) else result.denoise
+    return Outcome(task.source, path, "done", denoise=denoise)
+
+
+def _write_animation(task: Task, result: Animation, settings: Settings) -> Path:
+    if task.format == "video":
+        from .imagefile.animation import frame_stack
+        from .video.frames import write_frames_video
+
+        try:
+            return write_frames_video([frame_stack(f) for f in result.frames], result.durations, task.output)
+        except VideoError as exc:  # its message names the output already
+            raise VideoError(f"{task.source}: {exc}") from exc
+    return write_animation(result, task.output, format=task.format, quality=settings.quality, dither=settings.dither)
+
+
+def tiles_of(pipeline: Pipeline, item: Picture | Animation, alpha_by_model: bool) -> int:
+    """`tiles_for` a picture, or for every frame of an animation."""
+    if isinstance(item, Animation):
+        return sum(tiles_for(pipeline, frame, alpha_by_model) for frame in item.frames)
+    return tiles_for(pipeline, item, alpha_by_model)
 
 
 def process(
@@ -287,11 +387,11 @@ def process(
     """Read, upscale and write one file, one step after the other."""
     start = time.perf_counter()
     picture = load(task, settings)
-    if isinstance(picture, Picture):
+    if isinstance(picture, (Picture, Animation)):
         if on_start:
-            on_start(tiles_for(pipeline, picture, settings.alpha_mode == "model"))
+            on_start(tiles_of(pipeline, picture, settings.alpha_mode == "model"))
         result = compute_one(task, picture, pipeline, settings, on_tile)
-        outcome = save(task, result, settings) if isinstance(result, Picture) else result
+        outcome = save(task, result, settings) if isinstance(result, (Picture, Animation)) else result
     else:
         outcome = picture
     outcome.seconds = time.perf_counter() - start
@@ -313,31 +413,51 @@ def run_batch(
     being written is finished (atomically), those queued behind it are dropped, and the interrupt
     propagates. No more than about two full-size outputs exist at once (a 4000x3000 photo at x4 is
     576 MB in 8 bits): a result of 256 MB or more is written before the next picture is upscaled."""
-    outcomes: list[Outcome] = []
 
-    def source() -> Iterator[tuple[Task, float, Picture | Outcome]]:
+    def source() -> Iterator[tuple[Task, float, Picture | Animation | Outcome]]:
         for task in tasks:
             yield task, time.perf_counter(), load(task, settings)
 
-    def compute(items: list[tuple[Task, float, Picture | Outcome]]) -> list[tuple[Task, float, Picture | Outcome]]:
+    return run_loaded(source(), pipeline, settings, on_start=on_start, on_tile=on_tile, on_outcome=on_outcome, read_ahead=read_ahead)
+
+
+def run_loaded(
+    loaded: Iterable[tuple[Task | None, float, Picture | Animation | Outcome]],
+    pipeline: Pipeline,
+    settings: Settings,
+    *,
+    on_start: Callable[[Task, int], None] | None = None,
+    on_tile: Callable[[int], None] | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    read_ahead: int = 2,
+    cancel: Callable[[], None] | None = None,
+) -> list[Outcome]:
+    """`run_batch` for a source that loads its own pictures (`load`), iterated in the reader thread: each
+    item is (task, when it started, its picture or the Outcome that ended it early; the task is None only
+    then). `cancel` is called when the run stops early, to end a source that may block (`esr upscale --watch`)."""
+    outcomes: list[Outcome] = []
+
+    def compute(items: list[tuple[Task, float, Picture | Animation | Outcome]]) -> list[tuple[Task, float, Picture | Animation | Outcome]]:
         task, start, picture = items[0]
-        if isinstance(picture, Picture):
+        if isinstance(picture, (Picture, Animation)):
             if on_start:
-                on_start(task, tiles_for(pipeline, picture, settings.alpha_mode == "model"))
+                on_start(task, tiles_of(pipeline, picture, settings.alpha_mode == "model"))
             picture = compute_one(task, picture, pipeline, settings, on_tile)
         return [(task, start, picture)]
 
-    def sink(item: tuple[Task, float, Picture | Outcome]) -> None:
+    def sink(item: tuple[Task, float, Picture | Animation | Outcome]) -> None:
         task, start, result = item
-        outcome = save(task, result, settings) if isinstance(result, Picture) else result
+        outcome = save(task, result, settings) if isinstance(result, (Picture, Animation)) else result
         outcome.seconds = time.perf_counter() - start
         outcomes.append(outcome)
         if on_outcome:
             on_outcome(outcome)
 
-    def weigh(item: tuple[Task, float, Picture | Outcome]) -> int:
+    def weigh(item: tuple[Task, float, Picture | Animation | Outcome]) -> int:
         result = item[2]
+        if isinstance(result, Animation):
+            return result.nbytes
         return result.pixels.nbytes + (0 if result.alpha is None else result.alpha.nbytes) if isinstance(result, Picture) else 0
 
-    run_stages(source(), Stages(compute, sink, read_ahead=read_ahead, write_behind=1, weigh=weigh))
+    run_stages(loaded, Stages(compute, sink, read_ahead=read_ahead, write_behind=1, weigh=weigh, cancel=cancel))
     return outcomes

@@ -99,6 +99,13 @@ class OfflineError(DownloadError):
     """Offline mode forbids the network and the file is not cached."""
 
 
+# --- raised in ensemble.py ------------------------------------------------------------------------
+
+
+class EnsembleError(EsrError, ValueError):
+    """--tta (the x8 self-ensemble) set to something other than on or off, or asked where it cannot apply."""
+
+
 # --- raised in export.py --------------------------------------------------------------------------
 
 
@@ -204,6 +211,13 @@ class TrainingDataError(EsrError, ValueError):
 
 class VideoError(EsrError):
     """A video that cannot be processed; the message is one line naming the file."""
+
+
+# --- raised in watch.py ---------------------------------------------------------------------------
+
+
+class WatchError(EsrError, ValueError):
+    """Folders that `esr upscale --watch` cannot watch as asked, or a watched folder that went away."""
 
 
 # --- raised in weights.py -------------------------------------------------------------------------

@@ -61,7 +61,16 @@ class ModelSpec:
 
         ref = str(Path(self.ref).resolve()) if Path(self.ref).exists() else self.ref  # workers start elsewhere
         denoise = self.denoise if pipeline.choose is not None else pipeline.strength  # a video's was decided on this machine
-        return WorkerSpec(ref, self.device, self.precision, self.scale, pipeline.tiling, threads=torch.get_num_threads(), denoise=denoise)
+        return WorkerSpec(
+            ref,
+            self.device,
+            self.precision,
+            self.scale,
+            pipeline.tiling,
+            threads=torch.get_num_threads(),
+            denoise=denoise,
+            tta=pipeline.tta,
+        )
 
 
 @dataclass
@@ -83,6 +92,7 @@ class FilesRun:
             "model": model,
             "scale": pipeline.plan.target,
             "plan": pipeline.plan.describe(),
+            "tta": pipeline.tta,
             "inputs": len(self.batch.tasks) + len(self.batch.failures),
             "outputs": [
                 {"input": str(o.source), "output": str(o.output), "seconds": round(o.seconds, 3), **(o.denoise or {})}
@@ -161,6 +171,7 @@ def video_summary(job: VideoJob, result: VideoResult, *, model: str, seconds: fl
         "output": str(job.dst),
         "model": model,
         "scale": job.pipeline.plan.target,
+        "tta": job.pipeline.tta,
         "frames": result.frames,
         "resumed_from": result.resumed_from,
         "rate": str(result.rate),

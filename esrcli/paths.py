@@ -13,8 +13,17 @@ from .errors import OutputNameError as OutputNameError
 # Files that hold network weights: what makes a model reference a file rather than a registry name.
 WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 
-# Formats esr writes, by --format name, with the suffix a new file gets.
-FORMATS: dict[str, str] = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
+# Formats esr writes, by --format name, with the suffix a new file gets. HEIC and JPEG XL need an
+# optional extra (esrcli[heif], esrcli[jxl]); esrcli.imagefile.plugins loads it when one is met.
+FORMATS: dict[str, str] = {
+    "png": ".png",
+    "jpg": ".jpg",
+    "webp": ".webp",
+    "tiff": ".tif",
+    "avif": ".avif",
+    "heic": ".heic",
+    "jxl": ".jxl",
+}
 
 _WRITABLE: dict[str, str] = {
     ".png": "png",
@@ -25,6 +34,11 @@ _WRITABLE: dict[str, str] = {
     ".webp": "webp",
     ".tif": "tiff",
     ".tiff": "tiff",
+    ".avif": "avif",
+    ".heic": "heic",
+    ".heif": "heic",
+    ".hif": "heic",  # what some cameras name their 10-bit HEIF files
+    ".jxl": "jxl",
 }
 
 # Suffixes a folder or glob input is scanned for: everything written above, and what esr reads but

@@ -43,6 +43,7 @@ class WorkerSpec:
     tiling: dict[int, TilePlan]  # the driver's tile plan per pass (Pipeline.tiling)
     threads: int  # torch threads of a CPU worker: the driver's, so that the rounding is the same
     denoise: float | str | None = None  # --denoise: a strength, or auto (each file measured where it runs)
+    tta: bool = False  # --tta: the x8 self-ensemble, as the driver's pipeline runs it
 
 
 @dataclass
@@ -134,7 +135,9 @@ def _worker_class(ray: Any) -> Any:
 
             if spec.threads:
                 torch.set_num_threads(spec.threads)
-            self.model = Model(spec.model, scale=spec.scale, device=spec.device, precision=spec.precision, denoise=spec.denoise)
+            self.model = Model(
+                spec.model, scale=spec.scale, device=spec.device, precision=spec.precision, denoise=spec.denoise, tta=spec.tta
+            )
             self.pipeline = self.model.pipeline(spec.scale, tiling=spec.tiling)
 
         def pid(self) -> int:

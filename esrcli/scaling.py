@@ -145,6 +145,7 @@ class Pipeline:
     upscalers: Mapping[int, Upscaler]
     strength: float = 0.0  # --denoise: how far its networks are mixed towards the robust partner
     choose: Callable[[float], Pipeline] | None = None  # under --denoise auto: the pipeline of a strength
+    tta: bool = False  # --tta: every pass runs the x8 self-ensemble (esrcli.ensemble), in its Upscaler
 
     def for_input(self, pixels: np.ndarray, jpeg_tables: Mapping[int, Sequence[int]] | None = None) -> tuple[Pipeline, dict | None]:
         """The pipeline for this input, and what decided its --denoise strength (None: no mixing involved):

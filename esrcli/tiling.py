@@ -134,10 +134,13 @@ def available_memory(device: torch.device) -> int:
 CPU_SPEED_PIXELS = 512 * 512
 
 
-def auto_plan(network: nn.Module, scale: int, device: torch.device, dtype: torch.dtype, overlap: int | None = None) -> TilePlan:
+def auto_plan(
+    network: nn.Module, scale: int, device: torch.device, dtype: torch.dtype, overlap: int | None = None, views: int = 1
+) -> TilePlan:
     """A plan chosen for speed within the memory budget: images run whole whenever they fit, and only
     larger ones are tiled, in the fewest tiles that fit (each tile also computes its overlap, so more,
-    smaller tiles only add work).
+    smaller tiles only add work). `views`: inputs one forward call makes of each tile (--tta's
+    self-ensemble batches up to 8 on a GPU), each costing the memory of a tile.
 
     The budget: a forward pass keeps a handful of feature maps of the widest layer alive (SPAN's tail
     concatenates four) plus the pixel-shuffle input and the output, about 12 maps of the widest width
@@ -146,7 +149,7 @@ def auto_plan(network: nn.Module, scale: int, device: torch.device, dtype: torch
     """
     overlap = default_overlap(network) if overlap is None else overlap
     widest = max((m.out_channels for m in network.modules() if isinstance(m, nn.Conv2d)), default=64)
-    per_pixel = torch.finfo(dtype).bits // 8 * (12 * widest + 2 * 3 * scale * scale)
+    per_pixel = torch.finfo(dtype).bits // 8 * (12 * widest + 2 * 3 * scale * scale) * max(1, views)
     share = 0.25 if device.type == "cpu" else 0.5
     budget = int(available_memory(device) * share / per_pixel)
     if device.type == "cpu":

@@ -163,13 +163,16 @@ def test_pil_images_are_turned_upright_as_the_cli_does(tmp_path, model):
     assert raw.size == (40 * 4, 28 * 4)
 
 
-def test_animated_pil_images_are_refused_as_the_cli_does(tmp_path, model):
+def test_animated_pil_images_are_upscaled_frame_by_frame_as_the_cli_does(tmp_path, model):
+    # Animations used to be refused; since issue 24 every frame is upscaled (tests/test_animated.py).
     frames = [Image.new("RGB", (16, 12), colour) for colour in ("red", "green", "blue")]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=[40, 80, 120], loop=0)
     cli = CliRunner().invoke(main, ["upscale", str(tmp_path / "anim.gif"), "--device", "cpu"], catch_exceptions=False)
-    assert cli.exit_code == 1 and "animated image (3 frames)" in cli.output
-    with pytest.raises(esrcli.EsrError, match=r"animated image \(3 frames\) is not supported"):
-        model.upscale(Image.open(tmp_path / "anim.gif"))
+    assert cli.exit_code == 0, cli.output
+    with Image.open(tmp_path / "anim_x4.gif") as written:
+        assert written.n_frames == 3 and written.size == (64, 48)
+    api = model.upscale(Image.open(tmp_path / "anim.gif"))
+    assert [f.size for f in api] == [(64, 48)] * 3 and [f.info["duration"] for f in api] == [40, 80, 120]
 
 
 def fresh_modules(code: str) -> set[str]:

@@ -136,3 +136,36 @@ def test_the_names_come_without_torch():
 def test_a_training_config_names_the_registered_architectures(sketch, tmp_path):
     refused = run_cli("train", "--arch", "nope", "--data", str(Path(tmp_path)), "--out", str(tmp_path / "r"), "--steps", "1")
     assert refused.exit_code != 0 and "span, espan, spanf, efdn or sketch" in refused.output
+
+
+class FullPrecisionSketch(Sketch):
+    """The same network, declared unable to run in half precision."""
+
+    arch = "sketch-fp32"
+    title = "Sketch (fp32)"
+    half = False
+
+    @classmethod
+    def detect(cls, sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
+        return None  # loaded from esr's own files only (their metadata names the architecture)
+
+
+def test_an_architecture_that_declares_no_half_precision_runs_in_fp32(tmp_path):
+    import warnings
+
+    from esrcli import load_model
+    from esrcli.weights import save_network
+
+    archs.register(FullPrecisionSketch)
+    try:
+        for cls in (Sketch, FullPrecisionSketch):
+            archs.register(cls)
+            path = save_network(cls(channels=4, scale=2).eval(), tmp_path / f"{cls.arch}.safetensors")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # bf16 may be emulated on this CPU
+                model = load_model(str(path), device="cpu", precision="bf16")
+            assert model.dtype == (torch.bfloat16 if cls.half else torch.float32), cls.arch
+            assert model.upscale(np.zeros((8, 8, 3), np.uint8)).shape == (16, 16, 3)
+    finally:
+        archs.unregister(FullPrecisionSketch.arch)
+        archs.unregister(Sketch.arch)

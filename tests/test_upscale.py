@@ -233,11 +233,15 @@ def test_decompression_bomb_needs_allow_large(tmp_path, model, monkeypatch):
     assert esr(str(src), "-m", model, "--allow-large").exit_code == 0
 
 
-def test_animated_images_are_refused(tmp_path, model):
+def test_animated_images_are_upscaled_frame_by_frame(tmp_path, model):
+    # Refused until issue 24; now every frame is upscaled and it stays a GIF (tests/test_animated.py).
     frames = [Image.fromarray(rgb()), Image.fromarray(255 - rgb())]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     result = esr(str(tmp_path / "anim.gif"), "-m", model)
-    assert result.exit_code == 1 and "animated" in result.output
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "anim.gif") as src, Image.open(tmp_path / "anim_x4.gif") as out:
+        assert out.n_frames == 2 and out.size == (src.width * 4, src.height * 4)
+        assert "loop" not in out.info  # the source said nothing: it still plays once
 
 
 # --- issue 12: defects found by a new user and a bad-input matrix ------------------------------

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import NoSuchVariant as NoSuchVariant
 from ..errors import SpeedError as SpeedError
-from .common import FINITE_SECONDS, denoise_option, device_options, model_option, open_model
+from .common import FINITE_SECONDS, denoise_option, device_options, model_option, open_model, tta_option
 from .output import Output, counting_columns, output_options
 
 
@@ -79,6 +79,7 @@ Examples:
 )
 @device_options
 @denoise_option(default="here: the model as it is (0)")
+@tta_option
 @output_options(quiet_help="No progress bar.", json_help="Print a JSON summary.")
 def quality(
     model_ref: str,
@@ -91,6 +92,7 @@ def quality(
     device: str,
     precision: str,
     denoise: float | str | None,
+    tta: bool,
     ui: Output,
 ) -> None:
     """PSNR and SSIM of a model on benchmark sets, with the papers' protocol.
@@ -103,7 +105,7 @@ def quality(
 
     if degrade:
         parse_spec(degrade)
-    loaded = open_bench_model(model_ref, device, precision, scale=scale, progress=ui.show_progress, denoise=denoise)
+    loaded = open_bench_model(model_ref, device, precision, scale=scale, progress=ui.show_progress, denoise=denoise, tta=tta)
     results = {}
     total = sum(len(list_images(hr_folder(d))[:limit]) for d in data_dirs)
     with ui.progress(*counting_columns(rate=False)) as progress:
@@ -128,6 +130,7 @@ def quality(
         "crop": loaded.scale if crop is None else crop,
         "degradation": degrade or "none (bicubic)",
         "denoise": 0.0 if denoise is None else denoise,
+        "tta": tta,
         "sets": results,
     }
     ui.result(summary, human=lambda: ui.show(_quality_table(summary, degrade), highlight=None))
@@ -136,7 +139,8 @@ def quality(
 def _quality_table(summary: dict, degrade: str | None) -> Table:
     """The human form of `esr bench quality`: one row per set."""
     lr = f", LR {degrade}" if degrade else ""
-    title = f"{summary['model']} x{summary['scale']}, {summary['metric'].upper()} (crop {summary['crop']}){lr}"
+    tta = ", x8 self-ensemble" if summary.get("tta") else ""
+    title = f"{summary['model']} x{summary['scale']}{tta}, {summary['metric'].upper()} (crop {summary['crop']}){lr}"
     table = Table(title=title, title_justify="left")
     for column in ("set", "images", "PSNR (dB)", "SSIM"):
         table.add_column(column, justify="right" if column != "set" else "left")
@@ -154,17 +158,28 @@ class BenchModel:
 
 
 def open_bench_model(
-    model_ref: str, device: str, precision: str, *, scale: int | None, progress: bool, denoise: float | str | None = None
+    model_ref: str,
+    device: str,
+    precision: str,
+    *,
+    scale: int | None,
+    progress: bool,
+    denoise: float | str | None = None,
+    tta: bool = False,
 ) -> BenchModel:
-    """A model's native variant to score (as it is, unless --denoise is given), or the MATLAB-bicubic
+    """A model's native variant to score (as it is, unless --denoise or --tta is given: the network the
+    pipeline runs, so the scores are those of `esr upscale` with the same options), or the MATLAB-bicubic
     baseline for -m bicubic."""
     if model_ref == "bicubic":
         from ..bench import MatlabBicubic
+        from ..errors import EnsembleError
 
         if denoise is not None:
             raise click.BadParameter("bicubic has no robust partner to mix with", param_hint="'--denoise'")
+        if tta:
+            raise EnsembleError("--tta with -m bicubic: bicubic is the same in every flip and turn, so the ensemble only takes 8x the time")
         return BenchModel("bicubic", MatlabBicubic(scale or 4), scale or 4)
-    model = open_model(model_ref, device, precision, scale=scale, denoise=denoise or 0.0, progress=progress)
+    model = open_model(model_ref, device, precision, scale=scale, denoise=denoise or 0.0, progress=progress, tta=tta)
     if scale is not None and scale not in model.native:
         available = ", ".join(f"x{s}" for s in model.native)
         raise NoSuchVariant(f"model '{model.name}' has no x{scale} weights (available: {available})")

@@ -9,8 +9,19 @@ import click
 
 from ..paths import FORMATS
 from ..registry import DEFAULT_MODEL
-from .common import denoise_option, device_options, interrupt_code, model_option, name_part, open_pipeline, ray_options, tiling_options
+from .common import (
+    denoise_option,
+    device_options,
+    interrupt_code,
+    model_option,
+    name_part,
+    open_pipeline,
+    ray_options,
+    tiling_options,
+    tta_option,
+)
 from .output import Output, counting_columns, output_options
+from .watching import check_watch_options, run_watch, watch_options
 
 if TYPE_CHECKING:
     from ..api import Model
@@ -25,6 +36,8 @@ Examples:
   esr upscale shots/ -o big/ -s 2 -m efdn         every image of a folder, x2
   esr upscale "raw/**/*.png" -r -o out/ -m span   a glob, mirrored under out/
   esr upscale scan.tif -s 3 --tile 256 -v         any factor; -v shows the plan
+  esr upscale inbox/ -o big/ --watch              new images as they arrive, until Ctrl-C
+  esr upscale anim.gif -o anim.mp4                every frame of an animation, as a video
 """
 
 
@@ -36,8 +49,23 @@ Examples:
 @tiling_options
 @click.option("-r", "--recursive", is_flag=True, help="Descend into subfolders; outputs mirror the input tree under -o.")
 @click.option("--suffix", callback=name_part, help="Added to output names (no folders). Default: _x{scale}.")
-@click.option("--format", "fmt", type=click.Choice(["same", *FORMATS]), default="same", show_default=True, help="Output format.")
-@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["same", *FORMATS]),
+    default="same",
+    show_default=True,
+    help="Output format. heic needs pip install 'esrcli[heif]', jxl pip install 'esrcli[jxl]'.",
+)
+@click.option(
+    "--quality",
+    type=click.IntRange(1, 100),
+    default=95,
+    show_default=True,
+    help="Lossy quality, on each encoder's own scale: JPEG, WebP, AVIF (libavif's; 10 and 12-bit AVIF get the same AV1 "
+    "quantizer), HEIC (x265's), JPEG XL (libjxl's; 100 is lossless). From 90 up, JPEG, AVIF and HEIC keep full colour "
+    "resolution (4:4:4).",
+)
 @click.option("--skip-existing/--overwrite", default=True, show_default=True, help="Leave existing outputs alone, or replace them.")
 @click.option(
     "--alpha",
@@ -47,10 +75,18 @@ Examples:
     show_default=True,
     help="Draw the edges of transparency with the model or with bicubic resampling; constant, fully opaque and fully transparent areas stay exact either way.",
 )
+@click.option(
+    "--dither/--no-dither",
+    default=False,
+    show_default=True,
+    help="Animated GIF output: dither the upscaled frames onto their shared palette (smoother gradients, more noise).",
+)
 @click.option("--allow-large", is_flag=True, help="Accept images over the 100-megapixel decompression-bomb limit.")
 @device_options
 @ray_options
 @denoise_option()
+@tta_option
+@watch_options
 @output_options(
     verbose_help="Say which model, scale plan and tiling are used, and each file's --denoise strength.",
     quiet_help="No progress bars.",
@@ -70,20 +106,29 @@ def upscale(
     quality: int,
     skip_existing: bool,
     alpha_mode: str,
+    dither: bool,
     allow_large: bool,
     device: str,
     precision: str,
     ray_address: str | None,
     ray_workers: int | None,
     denoise: float | str | None,
+    tta: bool,
+    watch: bool,
+    poll: float | None,
+    settle: float | None,
     ui: Output,
 ) -> None:
-    """Upscale images: files, folders and globs, tiled seamlessly, with nothing lost from the file."""
-    from ..atomic import remove_stale_partials
-    from ..batch import Settings, plan_batch
-    from ..jobs import ModelSpec, Ray
+    """Upscale images: files, folders and globs, tiled seamlessly, with nothing lost from the file.
+
+    An animated GIF, WebP or PNG (APNG) has every frame upscaled and is written in the same format
+    with each frame's duration, the loop count and transparency kept; -o with a video suffix (.mp4,
+    .mkv, .mov, .webm) writes it as a video."""
+    from ..batch import Settings
+    from ..jobs import ModelSpec
     from ..scaling import format_scale
 
+    folders = _check_before_model(inputs, output, recursive, fmt, watch=watch, poll=poll, settle=settle, ray=bool(ray_address))
     model, pipeline, runs = open_pipeline(
         model_ref,
         device,
@@ -95,9 +140,74 @@ def upscale(
         ray=bool(ray_address),
         progress=ui.show_progress,
         denoise=denoise,
+        tta=tta,
     )
-    settings = Settings(quality=quality, alpha_mode=alpha_mode, overwrite=not skip_existing, allow_large=allow_large)
+    settings = Settings(quality=quality, alpha_mode=alpha_mode, overwrite=not skip_existing, allow_large=allow_large, dither=dither)
     suffix = suffix if suffix is not None else f"_x{format_scale(pipeline.plan.target)}"
+    if watch:
+        _describe_plan(ui, model, pipeline, runs)
+        run_watch(
+            ui,
+            folders,
+            out=output,
+            model=model,
+            pipeline=pipeline,
+            settings=settings,
+            recursive=recursive,
+            suffix=suffix,
+            fmt=fmt,
+            settle=settle,
+            poll=poll,
+            say_outcome=_say_outcome,
+        )
+    spec = ModelSpec(model_ref, device, precision, scale, denoise)
+    _run_batch(ui, inputs, output, recursive, suffix, fmt, (model, pipeline, runs), settings, spec, ray_address, ray_workers)
+
+
+def _check_before_model(
+    inputs: tuple[str, ...],
+    output: Path | None,
+    recursive: bool,
+    fmt: str,
+    *,
+    watch: bool,
+    poll: float | None,
+    settle: float | None,
+    ray: bool,
+) -> list[Path] | None:
+    """What can be refused before the model opens, in one line: option clashes, a missing format extra,
+    watched folders that cannot be watched. Returns those folders with --watch."""
+    check_watch_options(watch=watch, poll=poll, settle=settle, ray=ray)
+    if fmt != "same":
+        from ..imagefile.plugins import require
+
+        require(fmt, f"--format {fmt}")  # a missing extra (esrcli[heif], esrcli[jxl]) is one line, before any work
+    if not watch:
+        return None
+    from ..watch import check_folders
+
+    return check_folders(list(inputs), output, recursive)
+
+
+def _run_batch(
+    ui: Output,
+    inputs: tuple[str, ...],
+    output: Path | None,
+    recursive: bool,
+    suffix: str,
+    fmt: str,
+    opened: tuple[Model, Pipeline, tuple[object, object]],
+    settings: Settings,
+    spec: ModelSpec,
+    ray_address: str | None,
+    ray_workers: int | None,
+) -> None:
+    """Plan the files, run them (here or on Ray), print the result and exit as a batch does."""
+    from ..atomic import remove_stale_partials
+    from ..batch import plan_batch
+    from ..jobs import Ray
+
+    model, pipeline, runs = opened
     jobs = plan_batch(inputs, out=output, recursive=recursive, suffix=suffix, fmt=fmt)
     _describe_plan(ui, model, pipeline, runs)
     for folder in {task.output.parent for task in jobs.tasks}:
@@ -105,7 +215,7 @@ def upscale(
     for failure in jobs.failures:
         ui.error(failure.error, in_json=False)  # the JSON document lists them
     ray = Ray(ray_address, ray_workers or 0).open() if ray_address else None  # before any progress bar: a refusal is one line
-    run = _run(ui, jobs, pipeline, settings, ModelSpec(model_ref, device, precision, scale, denoise), ray)
+    run = _run(ui, jobs, pipeline, settings, spec, ray)
     ui.result(lambda: run.summary(model=model.name, pipeline=pipeline), human=lambda: _summarise(ui, jobs, run))
     if run.interrupted is not None:
         raise SystemExit(interrupt_code(run.interrupted))
@@ -126,7 +236,8 @@ def _describe_plan(ui: Output, model: Model, pipeline: Pipeline, runs: tuple[obj
     if tiles.whole:
         tiling = f"whole images up to {tiles.whole / 1e6:.2f} MP, larger ones in the fewest tiles that fit (overlap {tiles.overlap})"
     ui.detail(f"model {model.name} ({model.arch}, {model.params:,} params) on {runs_on} in {str(runs_in).removeprefix('torch.')}")
-    ui.detail(f"scale x{format_scale(plan.target)}: {plan.describe()}; {tiling}")
+    ensemble = "; x8 self-ensemble (--tta): 8 views of each tile averaged" if pipeline.tta else ""
+    ui.detail(f"scale x{format_scale(plan.target)}: {plan.describe()}; {tiling}{ensemble}")
 
 
 def _run(ui: Output, jobs: Batch, pipeline: Pipeline, settings: Settings, spec: ModelSpec, ray: Ray | None) -> FilesRun:

@@ -12,7 +12,17 @@ import click
 from rich.markup import escape
 
 from ..registry import DEFAULT_MODEL
-from .common import FiniteFloat, denoise_option, device_options, interrupt_code, model_option, open_pipeline, ray_options, tiling_options
+from .common import (
+    FiniteFloat,
+    denoise_option,
+    device_options,
+    interrupt_code,
+    model_option,
+    open_pipeline,
+    ray_options,
+    tiling_options,
+    tta_option,
+)
 from .output import Output, counting_columns, output_options
 
 if TYPE_CHECKING:
@@ -106,6 +116,7 @@ def _rate(value: str | None) -> Fraction | None:
 @device_options
 @ray_options
 @denoise_option()
+@tta_option
 @output_options(
     verbose_help="Print the input's size, frames, timing and streams, the model, the scale plan and --denoise.",
     quiet_help="No progress bar.",
@@ -135,6 +146,7 @@ def video(
     ray_address: str | None,
     ray_workers: int | None,
     denoise: float | str | None,
+    tta: bool,
     ui: Output,
 ) -> None:
     """Upscale a video: exact frame count and rate, every stream kept, resumable."""
@@ -155,6 +167,7 @@ def video(
         ray=bool(ray_address),
         progress=ui.show_progress,
         denoise=denoise,
+        tta=tta,
     )
     job = VideoJob(
         src,
@@ -218,7 +231,8 @@ def _describer(ui: Output, src: Path, model: Model, pipeline: Pipeline, runs: tu
         kinds = ", ".join(f"{s.kind} {s.codec}" for s in info.streams)
         ui.detail(f"{src}: {info.width}x{info.height}, {info.frames} frames, {timing}; streams: {kinds}", markup=False)
         ui.detail(
-            f"model {model.name} on {runs_on} ({str(runs_in).removeprefix('torch.')}), x{format_scale(plan.target)}: {plan.describe()}",
+            f"model {model.name} on {runs_on} ({str(runs_in).removeprefix('torch.')}), x{format_scale(plan.target)}: {plan.describe()}"
+            + ("; x8 self-ensemble (--tta)" if pipeline.tta else ""),
             markup=False,
         )
 

@@ -1,8 +1,9 @@
 """Reading and writing still images without losing alpha, orientation, colour profiles or 16-bit depth.
 
-Pillow is the workhorse, but it silently cuts 16-bit colour PNGs and TIFFs to 8 bits; those are
-decoded with the bundled ffmpeg (PNG, and TIFF codecs tifffile lacks) or tifffile (TIFF), and
-16-bit output is written by a small PNG encoder here or by tifffile.
+Pillow is the workhorse, but it silently cuts 16-bit colour PNGs and TIFFs (and 10 or 12-bit AVIF
+and HEIC) to 8 bits; those are decoded with the bundled ffmpeg (PNG, AVIF, and TIFF codecs tifffile
+lacks), tifffile (TIFF) or pillow-heif (HEIC), and deep output is written by a small PNG encoder
+here, tifffile, ffmpeg (AVIF) or pillow-heif (HEIC).
 
 This package's own module holds the reading entry points and the pixel limit that guards them
 (`DEFAULT_MAX_PIXELS`, looked up at call time so tests and embedders can lower it here); the rest
@@ -12,7 +13,12 @@ lives in one module per concern, re-exported here:
 - `decode`: an open Pillow image to a `Picture` (modes, animation refusal, `picture_from_pil`);
 - `metadata`: EXIF orientation and bytes, ICC profiles, JPEG tables;
 - `deep`: 16-bit PNG and TIFF, decoded with ffmpeg or tifffile and encoded without Pillow;
-- `write`: atomic writing in each format, with metadata.
+- `plugins`: the optional Pillow plugins (HEIC, JPEG XL), loaded when a file needs one;
+- `modern`: AVIF, HEIC and JPEG XL past 8 bits and with metadata (`isobmff`: the AVIF boxes it
+  reads and adds to);
+- `write`: atomic writing in each format, with metadata;
+- `animation`: animated GIF, WebP and APNG as full composited frames with their durations, and
+  written back (one shared GIF palette); `read_image` itself still refuses them.
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """From an open Pillow image to a `Picture`: every mode mapped onto grey or RGB plus alpha.
 
-Pillow opens the file (EPS excluded), animations and multi-page TIFFs are refused, 16-bit colour is
-handed to esrcli.imagefile.deep, and orientation, EXIF and ICC go through esrcli.imagefile.metadata.
+Pillow opens the file (EPS excluded; AVIF, HEIC and JPEG XL through esrcli.imagefile.plugins),
+animations and multi-page TIFFs are refused, 16-bit colour is handed to esrcli.imagefile.deep (10 and
+12-bit AVIF and HEIF to esrcli.imagefile.modern), and orientation, EXIF and ICC go through
+esrcli.imagefile.metadata.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -14,20 +17,31 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import ImageError
 from .deep import _decode_16bit
 from .metadata import _ORIENTATION, _exif_of, _fitting_icc, _orient, _valid_orientation, jpeg_tables
+from .modern import decode_deep
 from .picture import Picture, _os_reason
+from .plugins import prepare_open
 
 
 def _open(name: str) -> Image.Image:
+    only = None
     try:
-        return Image.open(name, formats=_readable_formats())
+        with open(name, "rb") as f:
+            head = f.read(64)
+        # AVIF, HEIC and JPEG XL: their plugin is loaded now (or its absence said), and only it opens them.
+        only = prepare_open(name, head, os.path.splitext(name)[1])
+        return Image.open(name, formats=[only] if only else _readable_formats())
+    except ImageError:
+        raise
     except UnidentifiedImageError as e:
+        if only:  # the file starts as one, but its plugin cannot make sense of the rest
+            raise ImageError(name, f"cannot read image (a damaged or truncated {only} file)") from e
         raise ImageError(name, "not an image file Pillow can read") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise
     except OSError as e:
         raise ImageError(name, _os_reason(e, "cannot read")) from e
     except Exception as e:  # noqa: BLE001 - plugins raise anything on garbage headers
-        raise ImageError(name, f"cannot read image ({e})") from e
+        raise ImageError(name, f"cannot read image ({_reason(e)})") from e
 
 
 def _readable_formats() -> list[str]:
@@ -38,8 +52,9 @@ def _readable_formats() -> list[str]:
 
 def _check_single_frame(name: str, im: Image.Image) -> None:
     # MPO is how Pillow opens many phone JPEGs (a second frame holds a preview or gain map): the
-    # first frame is the photo, so it is not an animation.
-    if im.format == "MPO":
+    # first frame is the photo, so it is not an animation. A HEIF file's other top-level images
+    # (a burst, an edit's original) are not frames of one either: Pillow shows its primary image.
+    if im.format in ("MPO", "HEIF"):
         return
     frames = int(getattr(im, "n_frames", 1) or 1)
     if frames <= 1 and not getattr(im, "is_animated", False):
@@ -56,10 +71,14 @@ def _decode(name: str, im: Image.Image) -> Picture:
         tiff_orientation = _valid_orientation(im.getexif().get(_ORIENTATION)) if im.format == "TIFF" else 1
         im.load()  # also for 16-bit files: a PNG's eXIf chunk may follow its pixels
         orientation, exif = _exif_of(im, tiff_orientation)
-        deep = _decode_16bit(name, im)
-        if deep is not None:
-            arrays = deep
-        else:
+        if im.format == "JXL" and not getattr(im, "jpeg", False):
+            # libjxl has applied the codestream's orientation, which the EXIF tag only echoes; a JPEG
+            # kept whole inside a JPEG XL comes back as that JPEG, oriented by its EXIF like any other.
+            orientation = 1
+        arrays, source_bits = _decode_16bit(name, im), None
+        if arrays is None and (deeper := decode_deep(name, im)) is not None:  # 10 and 12-bit AVIF and HEIF
+            arrays, source_bits = (deeper[0], deeper[1]), deeper[2]
+        if arrays is None:
             arrays = pil_arrays(name, im)
             if im.format == "TIFF" and _ORIENTATION not in getattr(im, "tag_v2", {}):
                 orientation = 1  # already applied by Pillow
@@ -68,13 +87,13 @@ def _decode(name: str, im: Image.Image) -> Picture:
     except OSError as e:
         raise ImageError(name, f"cannot read image ({_pil_reason(e)})") from e
     except Exception as e:  # noqa: BLE001 - decoders raise ValueError, SyntaxError, struct.error, ...
-        raise ImageError(name, f"cannot read image ({e or type(e).__name__})") from e
+        raise ImageError(name, f"cannot read image ({_reason(e)})") from e
 
     pixels, alpha = arrays
     pixels = _orient(pixels, orientation)
     alpha = None if alpha is None else _orient(alpha, orientation)
     icc = _fitting_icc(im, pixels.shape[2])
-    return Picture(pixels=pixels, alpha=alpha, icc_profile=icc, exif=exif, format=fmt, jpeg_tables=jpeg_tables(im))
+    return Picture(pixels=pixels, alpha=alpha, icc_profile=icc, exif=exif, format=fmt, jpeg_tables=jpeg_tables(im), source_bits=source_bits)
 
 
 def picture_from_pil(im: Image.Image, *, name: str = "<PIL image>", exif_transpose: bool = True) -> Picture:
@@ -101,6 +120,11 @@ def picture_from_pil(im: Image.Image, *, name: str = "<PIL image>", exif_transpo
         exif=exif,
         jpeg_tables=jpeg_tables(im),
     )
+
+
+def _reason(e: Exception) -> str:
+    # The JPEG XL plugin's errors go on to advise building libjxl in debug mode: not for users.
+    return str(e).split(". Please build", 1)[0] or type(e).__name__
 
 
 def _pil_reason(e: OSError) -> str:

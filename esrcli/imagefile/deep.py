@@ -11,6 +11,7 @@ import os
 import struct
 import subprocess
 import zlib
+from collections.abc import Sequence
 from typing import BinaryIO
 
 import numpy as np
@@ -62,7 +63,9 @@ def _split_alpha(data: np.ndarray, with_alpha: bool) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(data[..., :-1]), np.ascontiguousarray(data[..., -1:])
 
 
-def _ffmpeg_decode(name: str, size: tuple[int, int], pix_fmt: str, channels: int) -> np.ndarray:
+def _ffmpeg_decode(name: str, size: tuple[int, int], pix_fmt: str, channels: int, options: Sequence[str] = ()) -> np.ndarray:
+    """The first frame as raw `pix_fmt` samples; `options` go between the input and the output
+    (which stream to map, how to convert)."""
     import imageio_ffmpeg
 
     width, height = size
@@ -75,6 +78,7 @@ def _ffmpeg_decode(name: str, size: tuple[int, int], pix_fmt: str, channels: int
         "-noautorotate",
         "-i",
         "file:" + os.path.abspath(name),
+        *options,
         "-frames:v",
         "1",
         "-f",

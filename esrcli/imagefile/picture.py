@@ -22,6 +22,7 @@ class Picture:
     format: str = "PNG"
     jpeg_tables: dict[int, list[int]] | None = None  # a JPEG's quantisation tables: its quality, for --denoise auto
     denoise: dict | None = None  # an upscaled picture: its --denoise strength, and under auto what decided it
+    source_bits: int | None = None  # a 16-bit picture from a 10 or 12-bit AVIF/HEIC: written back at that depth
 
     def __post_init__(self) -> None:
         # Fail early with a clear message when a caller builds an inconsistent picture.

@@ -1,7 +1,8 @@
 """Writing a `Picture` atomically in the format its suffix (or --format) names, metadata included.
 
-8-bit pictures go through Pillow; 16-bit PNG and TIFF through esrcli.imagefile.deep; JPEG and WebP
-hold 8 bits only, so 16-bit pictures are rounded for them.
+8-bit pictures go through Pillow; 16-bit PNG and TIFF through esrcli.imagefile.deep; AVIF, HEIC and
+JPEG XL through esrcli.imagefile.modern (10 or 12 bits for 16-bit pictures in AVIF and HEIC); JPEG
+and WebP hold 8 bits only, so 16-bit pictures are rounded for them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from ..errors import ImageError
 from ..paths import FORMATS, format_for_suffix, writable_suffixes
 from .deep import _write_png16, _write_tiff16
 from .metadata import _tiff_ifd0_exif
+from .modern import MODERN_FORMATS, encode
 from .picture import Picture, _os_reason, to_8bit
+from .plugins import require
 
 
 def write_image(picture: Picture, path: str | os.PathLike[str], *, format: str | None = None, quality: int = 95) -> Path:
@@ -47,9 +50,12 @@ def write_image(picture: Picture, path: str | os.PathLike[str], *, format: str |
 
 
 def check_storable(picture: Picture, fmt: str, name: str) -> None:
-    """Refuse what a format cannot hold (transparency in JPEG) before any work is spent on it."""
+    """Refuse what a format cannot hold (transparency in JPEG), or what cannot write it here (HEIC
+    without pillow-heif), before any work is spent on it."""
     if fmt == "jpg" and picture.alpha is not None:
         raise ImageError(name, "has transparency, which JPEG cannot store; use --format png or webp")
+    if fmt in MODERN_FORMATS:
+        require(fmt, name)
 
 
 def _resolve_format(name: str, target: Path, format: str | None) -> str:
@@ -67,6 +73,9 @@ def _resolve_format(name: str, target: Path, format: str | None) -> str:
 
 
 def _encode(picture: Picture, f: BinaryIO, fmt: str, quality: int) -> None:
+    if fmt in MODERN_FORMATS:
+        encode(picture, f, fmt, quality)
+        return
     if picture.bit_depth == 16:
         if fmt == "png":
             _write_png16(picture, f)

@@ -59,7 +59,7 @@ def prepare_video(job: VideoJob, on_info: Callable[[VideoInfo], None] | None = N
     deep = info.deep or bool(re.search(r"(10|12|16)(le|be)$", job.encode.pix_fmt))
     folder = parts_dir(dst)
     settings = {
-        "model": job.model_key,
+        "model": job.model_key + ("+tta" if job.pipeline.tta else ""),  # a run resumes only with the --tta it began with
         "plan": job.pipeline.plan.describe(),
         "encode": [*job.encode.encoder_args(info)],
         "rate": str(rate),
