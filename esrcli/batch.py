@@ -80,8 +80,36 @@ def upscale_animation(
     --denoise auto one strength serves the whole animation (as for a video), so that it does not flicker."""
     sample = animation.frames[:: max(1, len(animation.frames) // 8)]
     pipeline = pipeline.for_frames([frame.pixels for frame in sample])
-    frames = [upscale_picture(frame, pipeline, alpha_mode=alpha_mode, on_tile=on_tile) for frame in animation.frames]
+    _, denoise = pipeline.for_input(sample[0].pixels)  # a fixed pipeline now: it answers with itself
+    colours = _frames_through(pipeline, [frame.pixels for frame in animation.frames], on_tile)
+    frames = [
+        Picture(
+            pixels=colour,
+            alpha=None if frame.alpha is None else upscale_alpha(frame.alpha, pipeline, alpha_mode, on_tile),
+            icc_profile=frame.icc_profile,
+            exif=frame.exif,
+            format=frame.format,
+            denoise=denoise,
+        )
+        for frame, colour in zip(animation.frames, colours)
+    ]
     return Animation(frames=frames, durations=list(animation.durations), loop=animation.loop, format=animation.format)
+
+
+def _frames_through(pipeline: Pipeline, frames: list[np.ndarray], on_tile: Callable[[int], None] | None) -> list[np.ndarray]:
+    """The colour of every frame, in order: as many whole frames per forward call as the device's memory
+    allows (video's batching, `Pipeline.frames_per_call`), one at a time where it allows one."""
+    h, w = frames[0].shape[:2]
+    per_call = pipeline.frames_per_call(h, w)
+    if per_call <= 1:
+        return [pipeline.run(f, on_tile) for f in frames]
+    out = []
+    for i in range(0, len(frames), per_call):
+        group = frames[i : i + per_call]
+        out += [copy.array() for copy in pipeline.run_frames(group)]
+        if on_tile is not None:
+            on_tile(len(group) * pipeline.count_tiles(h, w))
+    return out
 
 
 def upscale_alpha(alpha: np.ndarray, pipeline: Pipeline, mode: str = "model", on_tile: Callable[[int], None] | None = None) -> np.ndarray:

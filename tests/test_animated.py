@@ -180,3 +180,23 @@ def test_api_animated_pil_image(tmp_path: Path, model: esrcli.Model) -> None:
         assert np.array_equal(np.asarray(f), np.asarray(model.upscale(c)))
     still = model.upscale_frames(frames[0])  # a still image: one frame
     assert len(still) == 1 and still[0].size == (96, 96)
+
+
+def test_frames_batched_per_call_give_the_frames_one_by_one(tmp_path: Path, model: esrcli.Model) -> None:
+    """Where the device takes several frames per call (here a plan of 4 whole frames per call), the
+    animation's frames go through in batches, in order, with the pixels of one frame at a time."""
+    from esrcli.batch import upscale_animation, upscale_picture
+    from esrcli.imagefile.animation import read_animation
+
+    frames = noisy_frames(5, 24, seed=3)
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(tmp_path / "a.gif", save_all=True, append_images=images[1:], duration=[30, 60, 90, 120, 150], loop=0)
+    animation = read_animation(tmp_path / "a.gif")
+    batched = model.pipeline(tile=0, batch=4)
+    assert batched.frames_per_call(24, 24) == 4
+    ticks: list[int] = []
+    out = upscale_animation(animation, batched, on_tile=ticks.append)
+    single = [upscale_picture(frame, model.pipeline(tile=0, batch=1)).pixels for frame in animation.frames]
+    assert len(out.frames) == 5 and out.durations == animation.durations and ticks == [4, 1]
+    for got, want in zip(out.frames, single):
+        assert got.pixels.shape == (96, 96, 3) and np.abs(got.pixels.astype(int) - want.astype(int)).max() <= 1
