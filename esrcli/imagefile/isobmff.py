@@ -290,34 +290,9 @@ def add_avif_metadata(data: bytes, *, icc: bytes | None, exif: bytes | None) -> 
         if new_iprp is not None:
             replaced[iprp.start] = new_iprp
 
-    payload = b""
-    exif_id = 0
+    payload, exif_id = b"", 0
     if exif and b"Exif" not in types.values():
-        tiff = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
-        payload = b"\x00\x00\x00\x00" + tiff  # exif_tiff_header_offset, then the TIFF structure
-        exif_id = max(ids | {0}) + 1
-        iinf = _first(children, b"iinf")
-        infe_version = 2 if exif_id <= 0xFFFF else 3
-        infe = _full(b"infe", infe_version, 0, exif_id.to_bytes(2 if infe_version == 2 else 4, "big") + b"\x00\x00Exif\x00")
-        if iinf is None:
-            extra.append(_full(b"iinf", 0, 0, b"\x00\x01" + infe))
-        else:
-            version = meta[iinf.body]
-            count_size = 2 if version == 0 else 4
-            count = _uint(meta, iinf.body + 4, count_size) + 1
-            if version == 0 and count > 0xFFFF:
-                version, count_size = 1, 4
-            entries = meta[iinf.body + 4 + (2 if meta[iinf.body] == 0 else 4) : iinf.end]
-            replaced[iinf.start] = _full(b"iinf", version, 0, count.to_bytes(count_size, "big") + entries + infe)
-        iref = _first(children, b"iref")
-        wide = max(exif_id, primary) > 0xFFFF or (iref is not None and meta[iref.body] == 1)
-        size = 4 if wide else 2
-        cdsc = _box(b"cdsc", exif_id.to_bytes(size, "big") + (1).to_bytes(2, "big") + primary.to_bytes(size, "big"))
-        if iref is None:
-            extra.append(_full(b"iref", int(wide), 0, cdsc))
-        else:
-            replaced[iref.start] = _full(b"iref", meta[iref.body], 0, meta[iref.body + 4 : iref.end] + cdsc)
-        iloc.items.append(_Location(exif_id, 0, 0, 0, [(0, 0, len(payload))]))
+        payload, exif_id = _add_exif_item(meta, children, ids, iloc, primary, exif, replaced, extra)
 
     wide = len(data) + len(icc or b"") + len(payload) + (1 << 16) > 0xFFFFFFFF
     old_end = meta_box.end
@@ -352,6 +327,47 @@ def add_avif_metadata(data: bytes, *, icc: bytes | None, exif: bytes | None) -> 
     if payload:
         out += _box(b"mdat", payload)
     return bytes(out)
+
+
+def _add_exif_item(
+    meta: bytes,
+    children: list[_Box],
+    ids: set[int],
+    iloc: _Iloc,
+    primary: int,
+    exif: bytes,
+    replaced: dict[int, bytes],
+    extra: list[bytes],
+) -> tuple[bytes, int]:
+    """An EXIF item for the primary image: its entry in iinf, a cdsc reference in iref and a location in
+    iloc (filled in when the file is rebuilt). Changes `replaced`, `extra` and `iloc` in place; returns the
+    item's payload and id."""
+    tiff = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
+    payload = b"\x00\x00\x00\x00" + tiff  # exif_tiff_header_offset, then the TIFF structure
+    exif_id = max(ids | {0}) + 1
+    iinf = _first(children, b"iinf")
+    infe_version = 2 if exif_id <= 0xFFFF else 3
+    infe = _full(b"infe", infe_version, 0, exif_id.to_bytes(2 if infe_version == 2 else 4, "big") + b"\x00\x00Exif\x00")
+    if iinf is None:
+        extra.append(_full(b"iinf", 0, 0, b"\x00\x01" + infe))
+    else:
+        version = meta[iinf.body]
+        count_size = 2 if version == 0 else 4
+        count = _uint(meta, iinf.body + 4, count_size) + 1
+        if version == 0 and count > 0xFFFF:
+            version, count_size = 1, 4
+        entries = meta[iinf.body + 4 + (2 if meta[iinf.body] == 0 else 4) : iinf.end]
+        replaced[iinf.start] = _full(b"iinf", version, 0, count.to_bytes(count_size, "big") + entries + infe)
+    iref = _first(children, b"iref")
+    wide = max(exif_id, primary) > 0xFFFF or (iref is not None and meta[iref.body] == 1)
+    size = 4 if wide else 2
+    cdsc = _box(b"cdsc", exif_id.to_bytes(size, "big") + (1).to_bytes(2, "big") + primary.to_bytes(size, "big"))
+    if iref is None:
+        extra.append(_full(b"iref", int(wide), 0, cdsc))
+    else:
+        replaced[iref.start] = _full(b"iref", meta[iref.body], 0, meta[iref.body + 4 : iref.end] + cdsc)
+    iloc.items.append(_Location(exif_id, 0, 0, 0, [(0, 0, len(payload))]))
+    return payload, exif_id
 
 
 _TRANSFORMATIVE = {b"irot", b"imir", b"clap", b"iscl"}
