@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from .batch import ALPHA_MODES, upscale_animation, upscale_picture
-from .denoise import AUTO, DenoiseError, mix, parse_strength
+from .denoise import AUTO, DenoiseError, mix, parse_strength, partner_of
 from .device import resolve_device, resolve_precision, use_fixed_shapes
 from .ensemble import SelfEnsemble, check_tta, views_per_call
 from .errors import InputError as InputError
@@ -71,10 +71,9 @@ class Model:
         use_fixed_shapes(self.device)
         # --denoise: mixing with the registry's robust partner; "auto" (from each input) where there is one
         self.partner_ref = self.model_ref.partner()
-        self.partner = self.partner_ref.name if self.partner_ref else ""
         strength = parse_strength(denoise)
-        if strength not in (None, 0.0) and not self.partner:
-            raise DenoiseError(f"{ref}: --denoise needs a model with a robust partner to mix with (models.toml robust; esr-tiny has one)")
+        if strength not in (None, 0.0):
+            partner_of(self.model_ref)  # refuses a model without one
         self.denoise: float | str = (AUTO if self.partner else 0.0) if strength is None else strength
         self.native: list[int] = list(self.model_ref.scales)
         first = self._variant(plan_scale(self.native, scale).passes[0] if self.native and scale is not None else None)
@@ -94,6 +93,11 @@ class Model:
     @property
     def params(self) -> int:
         return sum(p.numel() for p in self.network.parameters())
+
+    @property
+    def partner(self) -> str:
+        """The robust partner's registry name ("" where there is none)."""
+        return self.partner_ref.name if self.partner_ref else ""
 
     def partner_scales(self) -> list[int]:
         return self.partner_ref.scales if self.partner_ref else []
@@ -143,8 +147,8 @@ class Model:
         check_tiling(tile, overlap, batch)
         tta = self.tta if tta is None else check_tta(tta)
         strength = self.denoise if denoise is None else parse_strength(denoise)
-        if strength != 0.0 and not self.partner:
-            raise DenoiseError(f"{self.ref}: --denoise needs a model with a robust partner to mix with (models.toml robust)")
+        if strength != 0.0:
+            partner_of(self.model_ref)  # refuses a model without one
         target = self.scale if scale is None else scale
         settings = {"tile": tile, "overlap": overlap, "batch": batch, "tiling": tiling, "plan_for": plan_for, "tta": tta}
         if strength == AUTO:  # the unmixed pipeline, which picks another for each input

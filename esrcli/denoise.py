@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import DenoiseError as DenoiseError
 from .estimate import Degradation
+from .refs import ModelRef
 
 AUTO = "auto"
 STEP = 0.05  # auto strengths are rounded to this, so that a batch of files shares a handful of networks
@@ -37,6 +38,16 @@ def parse_strength(value: object) -> float | str | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0 or math.isnan(float(value)):
         raise DenoiseError(f"denoise {value!r}: a number from 0 to 1, or auto")
     return float(value)
+
+
+def partner_of(model: ModelRef) -> ModelRef:
+    """The robust partner a --denoise strength mixes `model` with, or the one-line refusal."""
+    partner = model.partner()
+    if partner is None:
+        raise DenoiseError(
+            f"{model.text}: --denoise needs a model with a robust partner to mix with (models.toml robust; esr-tiny has one)"
+        )
+    return partner
 
 
 def mix(base: nn.Module, partner: nn.Module, strength: float) -> nn.Module:

@@ -145,12 +145,10 @@ def open_source(
 
 def _denoised(source: ExportSource, model: ModelRef, denoise: float, progress: bool) -> ExportSource:
     """The model mixed with its robust partner as `esr upscale --denoise` mixes it (esrcli.denoise.mix)."""
-    from .denoise import DenoiseError, mix
+    from .denoise import DenoiseError, mix, partner_of
     from .loading import load_reference
 
-    partner = model.partner()
-    if partner is None:
-        raise DenoiseError(f"{model.text}: --denoise needs a model with a robust partner to mix with (models.toml robust)")
+    partner = partner_of(model)
     if source.network.scale not in partner.scales:
         raise DenoiseError(
             f"{model.text} x{source.network.scale}: its robust partner {partner.name} has no x{source.network.scale} weights to mix with"
